@@ -1,0 +1,35 @@
+# Two commands do all the set-up on a fresh machine (Python 3.11+):
+#   make book   builds the book into _build/html
+#   make test   runs the package tests, every chapter under nbval, and the book build
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install test test-fast book notebooks clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not book" tests
+
+book: install
+	$(BIN)/jupyter-book build . -W --keep-going
+	@echo "The book is at $(CURDIR)/_build/html/index.html"
+
+# Re-execute the chapters in place (outputs and widget state are saved in the notebooks).
+notebooks: install
+	$(BIN)/python -m pgemma.tools.execute_notebooks
+
+clean:
+	rm -rf _build
