@@ -1,0 +1,346 @@
+"""Images and prompts in, model-ready tensors out. Book chapter: *The processor*.
+
+PaliGemma sees one image and one line of text. The processor turns them into the tensors
+the model takes, in named steps that the chapter walks through one by one:
+
+    image:  load_image -> resize (bicubic, I x I) -> rescale (x / 255) -> normalize ((x - 0.5) / 0.5)
+            -> channels first                                                 pixel_values float[B, 3, I, I]
+    text:   build_prompt: "<image>" * P + "<bos>" + prompt + "\\n"   (+ suffix + "<eos>" when training)
+            -> tokenize -> pad on the left                              input_ids int64[B, T]
+
+The prompt (image tokens, <bos>, the task and the "\\n") is the *prefix*: every prefix token
+attends to every other. The *suffix* is the answer the model learns to write, one token after
+another. Two per-token rows record this split (worked example, P = 2, prompt "hi",
+suffix "yo"):
+
+    tokens           <pad> <image> <image> <bos>  hi   \\n    yo  <eos>
+    attention_mask     0      1       1      1     1    1     1     1
+    token_type_ids     0      0       0      0     0    0     1     1
+    labels          -100   -100    -100   -100  -100 -100    yo  <eos>
+
+Batches are padded on the LEFT so that every row's last token sits in the last column, which
+is where generation appends the next one.
+
+Detection answers are boxes written as four <locNNNN> tokens, `boxes_to_loc_tokens` and
+`parse_loc_tokens` convert between pixels and tokens.
+
+Not supported: several images per prompt; images of other sizes than the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple, Union
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from pgemma.tokenizer import BOS, EOS, IMAGE, NUM_LOC_TOKENS, SPECIAL_TOKENS, PaliGemmaTokenizer
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray]
+
+IMAGE_MEAN = 0.5  # SigLIP maps pixels to [-1, 1]: (x - 0.5) / 0.5 on all three channels
+IMAGE_STD = 0.5
+RESCALE_FACTOR = 1 / 255
+# Checked from the file header before any pixel is decoded, so a small file that claims to be
+# a huge image (a "decompression bomb") is refused without filling memory. 8192 x 8192.
+MAX_IMAGE_PIXELS = 8192 * 8192
+IGNORE_INDEX = -100  # the label of tokens without loss (torch's cross_entropy ignore_index)
+
+_LOC_BOX = re.compile(r"<loc(\d{4})><loc(\d{4})><loc(\d{4})><loc(\d{4})>((?:<seg\d{3}>)*)\s*([^;<]*)")
+
+
+class ProcessorBatch(NamedTuple):
+    """What `PaliGemmaProcessor` returns; the field names are the model's argument names."""
+
+    input_ids: torch.Tensor  # int64[B, T]
+    attention_mask: torch.Tensor  # int64[B, T], 1 real token, 0 padding
+    token_type_ids: torch.Tensor  # int64[B, T], 0 image + prefix, 1 suffix
+    pixel_values: torch.Tensor  # float32[B, 3, I, I]
+    labels: torch.Tensor | None  # int64[B, T], -100 outside the suffix; None without suffixes
+
+
+class PaliGemmaProcessor:
+    """Turns images and prompts into a `ProcessorBatch` for PaliGemmaForConditionalGeneration.
+
+    Args:
+        tokenizer: the checkpoint's tokenizer.
+        image_size: I, the side of the square images the vision tower takes (224 for PaliGemma-224).
+        num_image_tokens: P, image patches = <image> tokens per prompt ((224 // 14) ** 2 = 256).
+        max_length: the model's context; longer prompts are refused. None: no limit.
+        max_image_pixels: larger images are refused before they are decoded.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PaliGemmaTokenizer,
+        image_size: int,
+        num_image_tokens: int,
+        max_length: int | None = None,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+    ) -> None:
+        if not isinstance(tokenizer, PaliGemmaTokenizer):
+            raise TypeError(f"tokenizer must be a PaliGemmaTokenizer, got {type(tokenizer).__name__}")
+        for name, value in [("image_size", image_size), ("num_image_tokens", num_image_tokens)]:
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if max_length is not None and max_length <= num_image_tokens + 2:
+            raise ValueError(
+                f"max_length {max_length} leaves no room for text after {num_image_tokens} image tokens"
+            )
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.num_image_tokens = num_image_tokens
+        self.max_length = max_length
+        self.max_image_pixels = max_image_pixels
+
+    # ---- Images ------------------------------------------------------------------------------
+
+    def load_image(self, image: ImageInput) -> Image.Image:
+        """Open and validate one image; returns it as an RGB PIL image.
+
+        Args:
+            image: a file path, a PIL image of any mode, or a uint8 array [H, W], [H, W, 3] or [H, W, 4].
+        """
+        if isinstance(image, (str, Path)):
+            image = self._open_image_file(Path(image))
+        elif isinstance(image, np.ndarray):
+            image = self._array_to_image(image)
+        elif not isinstance(image, Image.Image):
+            raise TypeError(
+                "an image must be a file path, a PIL.Image or a numpy uint8 array, "
+                f"got {type(image).__name__}"
+            )
+        self._check_pixels(image.size, "image")
+        if image.mode == "RGB":
+            return image
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            # Transparent pixels become white, as transformers' convert_to_rgb does.
+            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+        return image.convert("RGB")
+
+    def _open_image_file(self, path: Path) -> Image.Image:
+        if not path.is_file():
+            raise ValueError(f"image file {str(path)!r} does not exist or is not a file")
+        if path.stat().st_size == 0:
+            raise ValueError(f"image file {str(path)!r} is empty")
+        try:
+            with warnings.catch_warnings():  # PIL warns past its own, higher, limit; we refuse below it
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                opened = Image.open(path)  # reads only the header
+            with opened:
+                self._check_pixels(opened.size, f"image file {str(path)!r}")
+                opened.load()
+                return opened.copy()
+        except UnidentifiedImageError:
+            raise ValueError(f"{str(path)!r} is not an image file PIL can read") from None
+        except Image.DecompressionBombError:
+            raise ValueError(
+                f"image file {str(path)!r} is too large (more than {self.max_image_pixels} pixels)"
+            ) from None
+        except (OSError, SyntaxError) as error:  # truncated or corrupt pixel data
+            raise ValueError(f"image file {str(path)!r} could not be decoded: {error}") from None
+
+    def _array_to_image(self, array: np.ndarray) -> Image.Image:
+        if array.dtype != np.uint8:
+            raise TypeError(f"image arrays must be uint8 in [0, 255], got dtype {array.dtype}")
+        if array.ndim == 3 and array.shape[-1] == 1:
+            array = array[..., 0]
+        if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))) or 0 in array.shape:
+            raise ValueError(
+                f"image arrays must be [H, W], [H, W, 3] or [H, W, 4] (channels last), got shape {array.shape}"
+            )
+        self._check_pixels((array.shape[1], array.shape[0]), "image array")
+        return Image.fromarray(array)
+
+    def _check_pixels(self, size: tuple[int, int], what: str) -> None:
+        width, height = size
+        if width * height > self.max_image_pixels:
+            raise ValueError(
+                f"{what} is too large: {width}x{height} pixels, the limit is {self.max_image_pixels}"
+            )
+
+    def resize(self, image: Image.Image) -> Image.Image:
+        """Resize to I x I with bicubic interpolation, ignoring the aspect ratio (as PaliGemma does)."""
+        return image.resize((self.image_size, self.image_size), resample=Image.Resampling.BICUBIC)
+
+    def rescale(self, image: Image.Image) -> np.ndarray:
+        """uint8 pixels [0, 255] -> float32 [0, 1], shape [I, I, 3]."""
+        return np.asarray(image, dtype=np.float32) * np.float32(RESCALE_FACTOR)
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """[0, 1] -> [-1, 1], the range SigLIP was trained on."""
+        return (pixels - np.float32(IMAGE_MEAN)) / np.float32(IMAGE_STD)
+
+    def preprocess_image(self, image: ImageInput) -> torch.Tensor:
+        """All image steps for one image: float[3, I, I]."""
+        pixels = self.normalize(self.rescale(self.resize(self.load_image(image))))  # (I, I, C)
+        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()  # (C, I, I)
+
+    # ---- Text --------------------------------------------------------------------------------
+
+    def build_prompt(self, prompt: str) -> str:
+        """The prefix as text: P image placeholders, <bos>, the prompt and a newline."""
+        return IMAGE * self.num_image_tokens + BOS + prompt + "\n"
+
+    def tokenize(self, prompt: str, suffix: str | None = None) -> tuple[list[int], list[int], list[int]]:
+        """One example's input_ids, token_type_ids and labels (before padding)."""
+        _check_text("prompt", prompt)
+        if suffix is not None:
+            _check_text("suffix", suffix)
+        prefix = self.tokenizer.encode(self.build_prompt(prompt))
+        answer = [] if suffix is None else self.tokenizer.encode(suffix) + [self.tokenizer.eos_id]
+        input_ids = prefix + answer
+        if self.max_length is not None and len(input_ids) > self.max_length:
+            raise ValueError(
+                f"prompt {prompt[:40]!r} is {len(input_ids)} tokens with the image and suffix, "
+                f"longer than the model's context of {self.max_length}"
+            )
+        token_type_ids = [0] * len(prefix) + [1] * len(answer)
+        labels = [IGNORE_INDEX] * len(prefix) + answer
+        return input_ids, token_type_ids, labels
+
+    def pad(self, rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+        """Left-pad rows of different lengths to one int64[B, T] tensor."""
+        length = max(len(row) for row in rows)
+        return torch.tensor([[value] * (length - len(row)) + list(row) for row in rows], dtype=torch.long)
+
+    # ---- Both --------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        prompts: str | Sequence[str],
+        suffixes: str | Sequence[str] | None = None,
+    ) -> ProcessorBatch:
+        """Process a batch: one image per prompt, and optionally the answers (suffixes) to train on."""
+        images = [images] if isinstance(images, (str, Path, Image.Image, np.ndarray)) else list(images)
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if suffixes is not None:
+            suffixes = [suffixes] if isinstance(suffixes, str) else list(suffixes)
+        if len(images) != len(prompts):
+            raise ValueError(f"got {len(images)} images for {len(prompts)} prompts; pass one image per prompt")
+        if len(prompts) == 0:
+            raise ValueError("got no prompts; pass at least one image and one prompt")
+        if suffixes is not None and len(suffixes) != len(prompts):
+            raise ValueError(f"got {len(suffixes)} suffixes for {len(prompts)} prompts")
+        answers = [None] * len(prompts) if suffixes is None else suffixes
+        rows = [self.tokenize(prompt, answer) for prompt, answer in zip(prompts, answers)]
+        input_ids, token_type_ids, labels = (list(column) for column in zip(*rows))
+        return ProcessorBatch(
+            input_ids=self.pad(input_ids, self.tokenizer.pad_id),  # (B, T)
+            attention_mask=self.pad([[1] * len(row) for row in input_ids], 0),  # (B, T)
+            token_type_ids=self.pad(token_type_ids, 0),  # (B, T)
+            pixel_values=torch.stack([self.preprocess_image(image) for image in images]),  # (B, C, I, I)
+            labels=None if suffixes is None else self.pad(labels, IGNORE_INDEX),  # (B, T)
+        )
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of generated ids; <loc>/<seg> tokens are kept, control tokens dropped."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _check_text(name: str, text: str) -> None:
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a str, got {type(text).__name__}")
+    found = [token for token in SPECIAL_TOKENS if token in text]
+    if found:
+        raise ValueError(f"{name} {text[:40]!r} contains {found[0]}; the processor places special tokens itself")
+
+
+# ---- Detection boxes ---------------------------------------------------------------------------
+
+
+def _height_width(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    return height, width
+
+
+def boxes_to_loc_tokens(box_yxyx: Sequence[float], image_size: int | tuple[int, int]) -> str:
+    """A pixel box (y_min, x_min, y_max, x_max) as PaliGemma's four <locNNNN> tokens.
+
+    Each coordinate is divided by the image side (height for y, width for x) and cut into 1024
+    equal bins: bin k holds [k / 1024, (k + 1) / 1024) of the side; the far edge goes to 1023.
+
+    Args:
+        box_yxyx: (y_min, x_min, y_max, x_max) in pixels of the image the box was drawn on.
+        image_size: that image's side, or (height, width).
+    Note: big_vision's segmentation evaluator reads tokens back as k / 1023 rather than
+    Google's parser's k / 1024; the two differ by less than one bin.
+    """
+    height, width = _height_width(image_size)
+    if len(box_yxyx) != 4:
+        raise ValueError(f"a box is (y_min, x_min, y_max, x_max), got {len(box_yxyx)} numbers")
+    y_min, x_min, y_max, x_max = box_yxyx
+    if not (0 <= y_min <= y_max <= height and 0 <= x_min <= x_max <= width):
+        raise ValueError(f"box {tuple(box_yxyx)} is not a (y_min, x_min, y_max, x_max) box inside "
+                         f"a {height}x{width} image")
+    sides = (height, width, height, width)
+    bins = [min(NUM_LOC_TOKENS - 1, int(v / side * NUM_LOC_TOKENS)) for v, side in zip(box_yxyx, sides)]
+    return "".join(f"<loc{b:04d}>" for b in bins)
+
+
+def parse_loc_tokens(
+    text: str, image_size: int | tuple[int, int] | None = None
+) -> list[tuple[tuple[float, float, float, float], str]]:
+    """Read a detection answer "<loc..>x4 label ; <loc..>x4 label" back into boxes and labels.
+
+    Args:
+        text: decoded model output; text that is not a box is skipped (as Google's parser does).
+        image_size: side or (height, width) to scale to pixels; None gives fractions of the side.
+    Returns:
+        [((y_min, x_min, y_max, x_max), label), ...]; the box is bin k -> k / 1024 of the side.
+    """
+    height, width = (1, 1) if image_size is None else _height_width(image_size)
+    sides = (height, width, height, width)
+    return [
+        (tuple(int(k) / NUM_LOC_TOKENS * side for k, side in zip(match.groups()[:4], sides)),
+         match.group(6).strip())
+        for match in _LOC_BOX.finditer(text)
+    ]
+
+
+# ---- Loading ----------------------------------------------------------------------------------
+
+
+def load_processor(path: str | Path) -> PaliGemmaProcessor:
+    """Build the processor of a checkpoint folder: config.json plus tokenizer.json or tokenizer.model.
+
+    Reads from config.json only `vision_config.image_size` and `patch_size` (SigLIP defaults
+    224 and 14 when absent, as in the hub's PaliGemma-224 files), `text_config.num_image_tokens`,
+    `text_config.max_position_embeddings` and `image_token_index`.
+    """
+    folder = Path(path)
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"no config.json in {str(folder)!r}; is it a PaliGemma checkpoint folder?")
+    try:
+        config = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{config_path} is not valid JSON: {error}") from None
+    vision, text = config.get("vision_config", {}), config.get("text_config", {})
+    image_size, patch_size = vision.get("image_size", 224), vision.get("patch_size", 14)
+    num_image_tokens = text.get("num_image_tokens", (image_size // patch_size) ** 2)
+    if num_image_tokens != (image_size // patch_size) ** 2:
+        raise ValueError(
+            f"{config_path}: num_image_tokens {num_image_tokens} != (image_size {image_size} // "
+            f"patch_size {patch_size}) ** 2"
+        )
+    tokenizer = PaliGemmaTokenizer.from_pretrained(folder)
+    image_token_index = config.get("image_token_index", tokenizer.image_id)
+    if image_token_index != tokenizer.image_id:
+        raise ValueError(
+            f"{config_path}: image_token_index is {image_token_index} but the tokenizer's <image> "
+            f"is {tokenizer.image_id}; the tokenizer does not belong to this model"
+        )
+    return PaliGemmaProcessor(
+        tokenizer, image_size, num_image_tokens, max_length=text.get("max_position_embeddings")
+    )

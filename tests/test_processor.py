@@ -1,0 +1,278 @@
+"""Tests for pgemma.processor: image steps, prompt layout, padding, boxes, bad input, HF parity."""
+
+import json
+import logging
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_tokenizer import make_tokenizer
+
+from pgemma.processor import (
+    IGNORE_INDEX,
+    PaliGemmaProcessor,
+    ProcessorBatch,
+    boxes_to_loc_tokens,
+    load_processor,
+    parse_loc_tokens,
+)
+
+IMAGE_SIZE, NUM_IMAGE_TOKENS = 32, 16
+PROMPTS = ["caption en", "answer en what color is the cat?", "detect cat ; dog"]
+SUFFIXES = ["a red cat", "red", "<loc0010><loc0020><loc0500><loc0600> cat"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def processor(tokenizer):
+    return PaliGemmaProcessor(tokenizer, IMAGE_SIZE, NUM_IMAGE_TOKENS, max_length=200)
+
+
+def random_images() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [
+        Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)),
+        Image.fromarray(rng.integers(0, 256, (31, 20, 4), dtype=np.uint8), "RGBA"),
+        Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8), "L"),
+    ]
+
+
+def test_batch_shapes_and_dtypes(processor):
+    batch = processor(random_images(), PROMPTS, SUFFIXES)
+    assert isinstance(batch, ProcessorBatch)
+    B, T = batch.input_ids.shape
+    assert B == 3
+    for name in ("attention_mask", "token_type_ids", "labels"):
+        assert getattr(batch, name).shape == (B, T) and getattr(batch, name).dtype == torch.long
+    assert batch.pixel_values.shape == (B, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert batch.pixel_values.dtype == torch.float32
+    assert batch.pixel_values.min() >= -1 and batch.pixel_values.max() <= 1
+
+
+def test_prompt_layout(processor, tokenizer):
+    ids, types, labels = processor.tokenize("caption en", "a red cat")
+    prefix = [tokenizer.image_id] * NUM_IMAGE_TOKENS + [tokenizer.bos_id] + tokenizer.encode("caption en\n")
+    answer = tokenizer.encode("a red cat") + [tokenizer.eos_id]
+    assert ids == prefix + answer
+    assert types == [0] * len(prefix) + [1] * len(answer)
+    assert labels == [IGNORE_INDEX] * len(prefix) + answer
+    assert processor.build_prompt("hi") == "<image>" * NUM_IMAGE_TOKENS + "<bos>hi\n"
+
+
+def test_left_padding(processor, tokenizer):
+    batch = processor(random_images()[:2], ["caption en", "answer en what color is the cat? say it"], ["a", "b"])
+    lengths = batch.attention_mask.sum(1)
+    assert lengths[0] < lengths[1] == batch.input_ids.shape[1]
+    pad = batch.input_ids.shape[1] - lengths[0]
+    assert batch.attention_mask[0, :pad].eq(0).all() and batch.attention_mask[0, pad:].eq(1).all()
+    assert batch.input_ids[0, :pad].eq(tokenizer.pad_id).all()
+    assert batch.input_ids[0, pad] == tokenizer.image_id
+    assert batch.labels[0, :pad].eq(IGNORE_INDEX).all() and batch.token_type_ids[0, :pad].eq(0).all()
+    # Every row ends with its answer's <eos> in the last column.
+    assert batch.input_ids[:, -1].eq(tokenizer.eos_id).all()
+
+
+def test_no_suffix_means_no_labels(processor):
+    batch = processor(random_images()[0], "caption en")
+    assert batch.labels is None
+    assert batch.token_type_ids.eq(0).all()
+    assert batch.input_ids.shape[0] == 1
+
+
+def test_image_steps(processor):
+    image = Image.fromarray(np.full((10, 20, 3), 255, dtype=np.uint8))
+    resized = processor.resize(image)
+    assert resized.size == (IMAGE_SIZE, IMAGE_SIZE)
+    pixels = processor.rescale(resized)
+    assert pixels.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and np.allclose(pixels, 1.0)
+    assert np.allclose(processor.normalize(pixels), 1.0)
+    assert np.allclose(processor.normalize(np.zeros(3, np.float32)), -1.0)
+    tensor = processor.preprocess_image(np.zeros((5, 5, 3), np.uint8))
+    assert tensor.shape == (3, IMAGE_SIZE, IMAGE_SIZE) and torch.allclose(tensor, torch.tensor(-1.0))
+
+
+def test_inputs_of_every_kind_agree(processor, tmp_path):
+    array = np.random.default_rng(1).integers(0, 256, (24, 36, 3), dtype=np.uint8)
+    Image.fromarray(array).save(tmp_path / "a.png")
+    from_array = processor.preprocess_image(array)
+    assert torch.equal(from_array, processor.preprocess_image(Image.fromarray(array)))
+    assert torch.equal(from_array, processor.preprocess_image(tmp_path / "a.png"))
+    assert torch.equal(from_array, processor.preprocess_image(str(tmp_path / "a.png")))
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "I;16", "CMYK", "1"])
+def test_any_mode_becomes_rgb(processor, mode):
+    image = Image.new("RGB", (9, 7), (200, 30, 90)).convert(mode)
+    assert processor.load_image(image).mode == "RGB"
+
+
+def test_transparent_pixels_become_white(processor):
+    image = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
+    assert processor.load_image(image).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_bad_files(processor, tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        processor.load_image(tmp_path / "missing.png")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="is empty"):
+        processor.load_image(tmp_path / "empty.png")
+    (tmp_path / "text.png").write_text("hello, not an image")
+    with pytest.raises(ValueError, match="not an image file"):
+        processor.load_image(tmp_path / "text.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / "cut.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "cut.png").read_bytes()[:60])
+    with pytest.raises(ValueError, match="could not be decoded"):
+        processor.load_image(tmp_path / "cut.png")
+
+
+def test_too_large_image_refused_before_decoding(tokenizer, tmp_path):
+    small_limit = PaliGemmaProcessor(tokenizer, IMAGE_SIZE, NUM_IMAGE_TOKENS, max_image_pixels=100)
+    Image.new("RGB", (11, 10)).save(tmp_path / "big.png")
+    with pytest.raises(ValueError, match="too large: 11x10 pixels, the limit is 100"):
+        small_limit.load_image(tmp_path / "big.png")
+    with pytest.raises(ValueError, match="too large"):
+        small_limit.load_image(np.zeros((20, 20, 3), np.uint8))
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG file of a few dozen bytes whose header claims width x height pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [9000, 20_000])  # past our limit; past PIL's own bomb limit too
+def test_decompression_bomb_refused(processor, tmp_path, side):
+    (tmp_path / "bomb.png").write_bytes(png_claiming(side, side))
+    with pytest.raises(ValueError, match="too large"):
+        processor.load_image(tmp_path / "bomb.png")
+
+
+def test_bad_arrays_and_types(processor):
+    with pytest.raises(TypeError, match="uint8"):
+        processor.load_image(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="got shape"):
+        processor.load_image(np.zeros((3, 4, 5), np.uint8))
+    with pytest.raises(TypeError, match="got int"):
+        processor.load_image(3)
+
+
+def test_bad_batches(processor):
+    images = random_images()
+    with pytest.raises(ValueError, match="got 3 images for 2 prompts"):
+        processor(images, PROMPTS[:2])
+    with pytest.raises(ValueError, match="got 2 suffixes for 3 prompts"):
+        processor(images, PROMPTS, SUFFIXES[:2])
+    with pytest.raises(ValueError, match="contains <image>"):
+        processor(images[0], "caption <image>")
+    with pytest.raises(TypeError, match="prompt must be a str"):
+        processor(images[0], [None])
+
+
+def test_prompt_longer_than_context(processor):
+    with pytest.raises(ValueError, match="longer than the model's context of 200"):
+        processor(random_images()[0], "the quick brown fox " * 100)
+
+
+def test_boxes_round_trip():
+    box = (10.0, 20.0, 40.0, 60.0)
+    text = boxes_to_loc_tokens(box, 64)
+    assert text == "<loc0160><loc0320><loc0640><loc0960>"
+    [(parsed, label)] = parse_loc_tokens(text + " cat", 64)
+    assert parsed == box and label == "cat"
+    assert boxes_to_loc_tokens((0, 0, 64, 64), 64) == "<loc0000><loc0000><loc1023><loc1023>"
+    # Rectangular image: y is a fraction of the height, x of the width.
+    assert boxes_to_loc_tokens((50, 100, 100, 200), (100, 200)) == "<loc0512><loc0512><loc1023><loc1023>"
+
+
+def test_round_trip_error_below_one_bin():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        y0, y1 = sorted(rng.uniform(0, 480, 2))
+        x0, x1 = sorted(rng.uniform(0, 640, 2))
+        [(box, _)] = parse_loc_tokens(boxes_to_loc_tokens((y0, x0, y1, x1), (480, 640)) + " a", (480, 640))
+        assert np.all(np.abs(np.subtract(box, (y0, x0, y1, x1))) <= np.array([480, 640] * 2) / 1024)
+
+
+def test_parse_several_detections_and_segments():
+    text = ("<loc0000><loc0512><loc0256><loc1023> red cat ; "
+            "<loc0100><loc0100><loc0200><loc0200><seg001><seg002> dog ; trailing words")
+    parsed = parse_loc_tokens(text)
+    assert [label for _, label in parsed] == ["red cat", "dog"]
+    assert parsed[0][0] == (0.0, 0.5, 0.25, 1023 / 1024)
+    assert parse_loc_tokens("no boxes here") == []
+
+
+def test_bad_boxes():
+    with pytest.raises(ValueError, match="not a .* box inside"):
+        boxes_to_loc_tokens((10, 10, 5, 20), 64)
+    with pytest.raises(ValueError, match="got 3 numbers"):
+        boxes_to_loc_tokens((1, 2, 3), 64)
+
+
+def write_config(folder, **overrides):
+    config = {
+        "image_token_index": 4,
+        "vision_config": {"image_size": IMAGE_SIZE, "patch_size": 8},
+        "text_config": {"num_image_tokens": NUM_IMAGE_TOKENS, "max_position_embeddings": 300},
+    }
+    config.update(overrides)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_load_processor(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path)
+    write_config(tmp_path)
+    processor = load_processor(tmp_path)
+    assert (processor.image_size, processor.num_image_tokens, processor.max_length) == (32, 16, 300)
+    assert processor.tokenizer.encode("a red cat") == tokenizer.encode("a red cat")
+
+
+def test_load_processor_errors(tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="no config.json"):
+        load_processor(tmp_path)
+    (tmp_path / "config.json").write_text("{oops")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_processor(tmp_path)
+    write_config(tmp_path)
+    with pytest.raises(ValueError, match="expected tokenizer.json or tokenizer.model"):
+        load_processor(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    write_config(tmp_path, image_token_index=257152)
+    with pytest.raises(ValueError, match="image_token_index is 257152 but the tokenizer's <image> is 4"):
+        load_processor(tmp_path)
+    write_config(tmp_path, text_config={"num_image_tokens": 9})
+    with pytest.raises(ValueError, match="num_image_tokens 9"):
+        load_processor(tmp_path)
+
+
+def test_matches_transformers_processor(processor, tokenizer, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    tokenizer.save_pretrained(tmp_path)
+    image_processor = transformers.SiglipImageProcessor(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_seq_length=NUM_IMAGE_TOKENS,
+        resample=Image.Resampling.BICUBIC, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        do_convert_rgb=True,
+    )
+    hf = transformers.PaliGemmaProcessor(
+        image_processor=image_processor, tokenizer=transformers.AutoTokenizer.from_pretrained(tmp_path)
+    )
+    images = random_images()
+    for suffixes in (SUFFIXES, None):
+        ours = processor(images, PROMPTS, suffixes)
+        theirs = hf(images=images, text=PROMPTS, suffix=suffixes, return_tensors="pt", padding="longest")
+        for name in ("input_ids", "attention_mask", "token_type_ids"):
+            assert torch.equal(getattr(ours, name), theirs[name]), name
+        torch.testing.assert_close(ours.pixel_values, theirs["pixel_values"], atol=1e-6, rtol=0)
+        if suffixes is not None:
+            assert torch.equal(ours.labels, theirs["labels"])
