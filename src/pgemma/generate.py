@@ -1,0 +1,279 @@
+"""Writing the answer one token at a time. Book chapter: *Generating text: the KV cache*.
+
+Generation is a loop: run the model, turn the last position's logits into one token per row,
+append it, repeat until every row has written <eos> or `max_new_tokens` are out.
+
+    prefill   the image and the whole prompt go through the model ONCE; every layer's keys and
+              values land in a preallocated KV cache (`KVCache.empty`)
+    decode    each step feeds only the newest token, int[B, 1], with the cache; no pixel_values:
+              the image is already inside the cached keys and values
+
+`generate_tokens(..., use_cache=False)` is the slow oracle: it recomputes the whole sequence,
+image included, at every step. The tests check that both paths write the same tokens.
+
+Choosing the token (`sample_next_token`): greedy takes the argmax. Sampling divides the logits by
+`temperature`, keeps the `top_k` most likely tokens and the smallest set of tokens whose
+probability adds up to `top_p` (Holtzman et al. 2020, "nucleus sampling"), then draws from what is
+left with a local `torch.Generator`, so a `seed` reproduces a sample without touching the global RNG.
+
+Positions follow transformers' `generate`: each row counts from 1 at its first real token, so a
+left-padded prompt gets the same positions (and the same answer) as the prompt alone.
+
+Not supported: beam search, repetition penalties, stop strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from pgemma.kv_cache import KVCache
+from pgemma.paligemma import PaliGemmaForConditionalGeneration, PaliGemmaOutput
+from pgemma.processor import ImageInput, PaliGemmaProcessor, ProcessorBatch
+from pgemma.tokenizer import PaliGemmaTokenizer
+
+
+def filter_logits(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """Scale by the temperature, then set to -inf every token outside the top-k and the top-p nucleus.
+
+    Args:
+        logits: float[B, V] for the next token.
+    Returns:
+        float32[B, V]; at least one token per row stays finite.
+    """
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the more likely tokens before it already hold top_p of the mass;
+        # the most likely token always stays.
+        mass_before = probs.cumsum(dim=-1) - probs  # (B, V)
+        drop_sorted = mass_before >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One token per row from the last position's logits.
+
+    Args:
+        logits: float[B, V].
+        generator: the random stream for sampling (see `make_generator`).
+    Returns:
+        int64[B].
+    """
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)  # (B, V)
+    return torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A private random stream: seeded for reproducible samples, else seeded from the OS."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def _check_sampling(
+    max_new_tokens: int, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None
+) -> None:
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if not do_sample and (temperature != 1.0 or top_k is not None or top_p is not None):
+        raise ValueError("temperature, top_k and top_p only apply when sampling; pass do_sample=True")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}; use do_sample=False for greedy")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+@torch.no_grad()
+def _forward(
+    model: PaliGemmaForConditionalGeneration,
+    input_ids: torch.Tensor,
+    pixel_values: torch.Tensor | None,
+    attention_mask: torch.Tensor,
+    token_type_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    kv_cache: KVCache | None,
+) -> PaliGemmaOutput:
+    # no_grad sits on each call, not around the loop: a generator suspended inside a
+    # `with torch.no_grad()` block would leak it into the caller's code between tokens.
+    return model(input_ids, pixel_values, attention_mask, token_type_ids, position_ids, kv_cache)
+
+
+def generate_tokens(
+    model: PaliGemmaForConditionalGeneration,
+    batch: ProcessorBatch,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+    vocab_size: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield the next token of every row, int64[B], step by step.
+
+    Rows that have written <eos> get <pad> from then on; the loop ends when all rows are
+    finished or after `max_new_tokens` steps.
+
+    Args:
+        model: a PaliGemma model (in eval mode).
+        batch: a `PaliGemmaProcessor` output without suffixes; its labels are ignored.
+        use_cache: False recomputes the whole sequence every step (the test oracle).
+        vocab_size: write only ids below this, the tokenizer's vocabulary. PaliGemma's embedding
+            has 63 more rows (257216 vs 257153 ids), padding that no text maps to.
+    """
+    _check_sampling(max_new_tokens, do_sample, temperature, top_k, top_p)
+    config = model.config
+    input_ids, attention_mask, token_type_ids = batch.input_ids, batch.attention_mask, batch.token_type_ids
+    batch_size, prompt_length = input_ids.shape  # (B, T)
+    total = prompt_length + max_new_tokens
+    if total > config.text_config.max_position_embeddings:
+        raise ValueError(
+            f"a prompt of {prompt_length} tokens + max_new_tokens={max_new_tokens} exceeds the model's "
+            f"context of {config.text_config.max_position_embeddings}; lower max_new_tokens"
+        )
+    weight = model.language_model.model.embed_tokens.weight
+    device = weight.device
+    input_ids, attention_mask, token_type_ids = (t.to(device) for t in (input_ids, attention_mask, token_type_ids))
+    pixel_values = batch.pixel_values.to(device)
+    generator = make_generator(seed, device) if do_sample else None
+    # 1, 2, 3, ... from each row's first real token (padding, on the left, gets 1 and is never seen).
+    position_ids = attention_mask.cumsum(dim=-1).clamp(min=1)  # (B, T)
+    cache = KVCache.empty(config.text_config, batch_size, total, weight.dtype, device) if use_cache else None
+
+    # Prefill: the image is encoded here, once.
+    output = _forward(model, input_ids, pixel_values, attention_mask, token_type_ids, position_ids, cache)
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)  # (B,)
+    for step in range(max_new_tokens):
+        logits = output.logits[:, -1, :vocab_size]  # (B, V)
+        next_token = sample_next_token(logits, do_sample, temperature, top_k, top_p, generator)
+        next_token = next_token.masked_fill(finished, config.pad_token_id)  # (B,)
+        finished |= next_token == config.eos_token_id
+        yield next_token
+        if finished.all() or step == max_new_tokens - 1:
+            return
+        new_ids = next_token[:, None]  # (B, 1)
+        ones = torch.ones_like(new_ids)
+        attention_mask = torch.cat([attention_mask, ones], dim=-1)  # (B, S)
+        token_type_ids = torch.cat([token_type_ids, ones], dim=-1)  # generated tokens are suffix: causal
+        position_ids = torch.cat([position_ids, position_ids[:, -1:] + 1], dim=-1)
+        if use_cache:
+            # Decode: only the new token; the cache holds everything before it.
+            output = _forward(model, new_ids, None, attention_mask, ones, position_ids[:, -1:], output.kv_cache)
+        else:
+            input_ids = torch.cat([input_ids, new_ids], dim=-1)  # (B, T + step + 1)
+            output = _forward(model, input_ids, pixel_values, attention_mask, token_type_ids, position_ids, None)
+
+
+class TextStreamer:
+    """Turns one row's tokens into text pieces as they arrive.
+
+    Each push decodes the whole answer so far and returns what is new, so pieces join up to
+    exactly `tokenizer.decode(all_ids)`. A character spread over several byte tokens is held back
+    until it is complete (until then it decodes to U+FFFD).
+    """
+
+    def __init__(self, tokenizer: PaliGemmaTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd") or not text.startswith(self.text):
+            return ""
+        piece, self.text = text[len(self.text):], text
+        return piece
+
+    def flush(self) -> str:
+        """Whatever was held back, once no more tokens will come."""
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        piece, self.text = text[len(self.text):] if text.startswith(self.text) else "", text
+        return piece
+
+
+def _check_pair(model: PaliGemmaForConditionalGeneration, processor: PaliGemmaProcessor) -> None:
+    """Refuse a processor made for another checkpoint: its prompts would be misread silently."""
+    config, tokenizer = model.config, processor.tokenizer
+    pairs = [
+        ("<image> id", tokenizer.image_id, "image_token_index", config.image_token_index),
+        ("<eos> id", tokenizer.eos_id, "eos_token_id", config.eos_token_id),
+        ("<pad> id", tokenizer.pad_id, "pad_token_id", config.pad_token_id),
+        ("image_size", processor.image_size, "vision_config.image_size", config.vision_config.image_size),
+        ("num_image_tokens", processor.num_image_tokens, "num_image_tokens", config.num_image_tokens),
+    ]
+    for ours, value, theirs, expected in pairs:
+        if value != expected:
+            raise ValueError(f"the processor's {ours} is {value} but the model's {theirs} is {expected}; "
+                             "load both from the same checkpoint folder")
+    if tokenizer.vocab_size > config.text_config.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model embeds only "
+                         f"{config.text_config.vocab_size}; load both from the same checkpoint folder")
+
+
+def generate(
+    model: PaliGemmaForConditionalGeneration,
+    processor: PaliGemmaProcessor,
+    images: ImageInput | Sequence[ImageInput],
+    prompts: str | Sequence[str],
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stream: Callable[[int, str], None] | None = None,
+) -> list[str]:
+    """Answer each prompt about its image.
+
+    Args:
+        images, prompts: one image per prompt (a single image and prompt are fine too).
+        stream: called as stream(row, text) with each new piece of a row's answer as it is written.
+    Returns:
+        one answer per prompt, without <eos>; <locNNNN> tokens are kept (detection answers).
+    """
+    _check_pair(model, processor)
+    batch = processor(images, prompts)
+    eos_id = processor.tokenizer.eos_id
+    streamers = [TextStreamer(processor.tokenizer) for _ in range(batch.input_ids.shape[0])]
+    done = [False] * len(streamers)
+    tokens_per_step = generate_tokens(model, batch, max_new_tokens, do_sample, temperature, top_k, top_p, seed,
+                                      vocab_size=processor.tokenizer.vocab_size)
+    for tokens in tokens_per_step:
+        for row, token in enumerate(tokens.tolist()):
+            if done[row]:
+                continue
+            done[row] = token == eos_id
+            piece = "" if done[row] else streamers[row].push(token)
+            if piece and stream is not None:
+                stream(row, piece)
+    for row, streamer in enumerate(streamers):
+        piece = streamer.flush()
+        if piece and stream is not None:
+            stream(row, piece)
+    return [streamer.text for streamer in streamers]
