@@ -13,3 +13,7 @@ Axis glossary, used in every shape comment (``# (B, N, T, H)``) and docstring (`
 """
 
 __version__ = "0.1.0"
+
+from pgemma.checkpoint import load_model, load_pretrained, save_pretrained
+from pgemma.config import PaliGemmaConfig
+from pgemma.paligemma import PaliGemmaForConditionalGeneration

@@ -1,0 +1,221 @@
+"""Loading and saving Hugging Face PaliGemma checkpoints: ``config.json`` + safetensors, nothing else.
+
+Book chapter: "Loading real checkpoints".
+
+Our parameter names are the hub's, so loading is a rename table (for the other layouts
+transformers has written over the years), a check that every tensor is there with the right shape,
+and a copy. Weights come only from safetensors files: a pickle (``pytorch_model.bin``, ``.pt``)
+can run arbitrary code when loaded, so it is refused.
+
+The model is built on the ``meta`` device (shapes, no memory), then each tensor is read from the
+memory-mapped file, cast, moved and assigned in turn: the weights exist once, never twice.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from pgemma.config import PaliGemmaConfig
+from pgemma.paligemma import PaliGemmaForConditionalGeneration
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+# (prefix in a file, prefix in pgemma); the first match wins.
+KEY_RENAMES = (
+    ("vision_tower.vision_model.", "vision_tower.vision_model."),  # hub, transformers <= 4.51
+    ("model.vision_tower.vision_model.", "vision_tower.vision_model."),
+    ("model.vision_tower.", "vision_tower.vision_model."),  # transformers >= 5 in memory
+    ("vision_tower.", "vision_tower.vision_model."),  # transformers >= 5.6 saving a model built from a config
+    ("multi_modal_projector.", "multi_modal_projector."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("language_model.model.", "language_model.model."),  # hub
+    ("model.language_model.", "language_model.model."),  # transformers >= 4.52 in memory
+    ("language_model.lm_head.", "language_model.lm_head."),
+    ("lm_head.", "language_model.lm_head."),  # transformers >= 4.52 in memory
+)
+EMBED_KEY = "language_model.model.embed_tokens.weight"
+HEAD_KEY = "language_model.lm_head.weight"  # tied to the embedding; usually absent from files
+
+
+def pgemma_key(key: str) -> str | None:
+    """Our name for a checkpoint key, or None if no layout we know has it."""
+    for old, new in KEY_RENAMES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return None
+
+
+def load_config(path: str | Path) -> PaliGemmaConfig:
+    """Read ``config.json`` from a checkpoint directory."""
+    config_path = Path(path) / CONFIG_NAME
+    if not config_path.is_file():
+        raise ValueError(f"{config_path}: not found; a checkpoint directory needs a config.json")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{config_path}: not valid JSON ({error})") from error
+    try:
+        return PaliGemmaConfig.from_hf_dict(config)
+    except (ValueError, TypeError) as error:
+        raise type(error)(f"{config_path}: {error}") from error
+
+
+def load_model(
+    path: str | Path,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str = "cpu",
+    use_sdpa: bool = False,
+) -> PaliGemmaForConditionalGeneration:
+    """Build a model from a checkpoint directory (``config.json`` + safetensors) in eval mode.
+
+    Args:
+        path: a directory with ``config.json`` and ``model.safetensors`` or a sharded
+            ``model.safetensors.index.json``, in any key layout transformers has written.
+        dtype: float32, bfloat16 or float16; None keeps the checkpoint's (its embedding's) dtype.
+        device: where the weights go.
+        use_sdpa: use PyTorch's fused attention kernel (see ``attention.attention``).
+    """
+    path = Path(path)
+    if path.is_file():
+        if path.suffix in PICKLE_SUFFIXES:
+            raise ValueError(f"{path}: pgemma loads safetensors only; this looks like a pickle, which can run "
+                             "code when loaded. Convert it to model.safetensors with trusted tools first")
+        raise ValueError(f"{path}: expected a checkpoint directory (config.json + model.safetensors)")
+    if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+    config = load_config(path)
+    tensors = _index_tensors(path)  # our name -> (file, key in the file)
+
+    handles = {file: _open(file) for file in {file for file, _ in tensors.values()}}
+
+    with torch.device("meta"):
+        model = PaliGemmaForConditionalGeneration(config, use_sdpa)
+    expected = {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
+    _check_keys(expected, tensors, handles, path)
+
+    if dtype is None:
+        file, key = tensors[EMBED_KEY]
+        dtype = _read(handles, file, key).dtype
+    state = {}
+    for name, (file, key) in tensors.items():
+        state[name] = _read(handles, file, key).to(device=device, dtype=dtype)  # one tensor at a time
+    head = state.pop(HEAD_KEY, None)
+    if head is not None and not torch.equal(head, state[EMBED_KEY]):
+        raise ValueError(f"{path}: lm_head.weight differs from embed_tokens.weight; PaliGemma ties them and "
+                         "pgemma does not support an untied output head")
+    state[HEAD_KEY] = state[EMBED_KEY]
+    model.load_state_dict(state, strict=True, assign=True)  # every key was checked above
+    model.language_model.tie_weights()  # assign replaced the Parameter objects; share one again
+    return model.eval()
+
+
+def save_pretrained(model: PaliGemmaForConditionalGeneration, path: str | Path) -> None:
+    """Write ``config.json`` and ``model.safetensors`` in the hub layout (transformers loads it).
+
+    The tied output head is not written: like the hub files, the embedding stands for both.
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters(remove_duplicate=False)
+             if name != HEAD_KEY}
+    config = model.config.to_hf_dict()
+    config["dtype"] = str(state[EMBED_KEY].dtype).removeprefix("torch.")
+    (path / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    # transformers refuses safetensors files without this metadata.
+    save_file(state, path / WEIGHTS_NAME, metadata={"format": "pt"})
+
+
+def load_pretrained(
+    path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
+) -> tuple[PaliGemmaForConditionalGeneration, Any]:
+    """The model and its processor (tokenizer + image preprocessing) from one checkpoint directory."""
+    from pgemma.processor import load_processor  # the processor chapter comes later; keep imports one-way
+
+    return load_model(path, dtype=dtype, device=device), load_processor(path)
+
+
+def _index_tensors(path: Path) -> dict[str, tuple[Path, str]]:
+    """Map each of our parameter names to the file and key holding it."""
+    index_path = path / INDEX_NAME
+    if index_path.is_file():
+        try:
+            weight_map = json.loads(index_path.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{index_path}: not a valid index, expected a 'weight_map' object ({error})") from error
+        files = {file: path / file for file in set(weight_map.values())}
+        for file in files.values():
+            if not file.is_file():
+                raise ValueError(f"{index_path} lists {file.name}, which is missing")
+        keys = {key: files[file] for key, file in weight_map.items()}
+    elif (path / WEIGHTS_NAME).is_file():
+        with _open(path / WEIGHTS_NAME) as handle:
+            keys = {key: path / WEIGHTS_NAME for key in handle.keys()}
+    else:
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise ValueError(f"{path}: found {', '.join(pickles)} but no {WEIGHTS_NAME}; pgemma loads "
+                             "safetensors only (pickles can run code when loaded)")
+        raise ValueError(f"{path}: no {WEIGHTS_NAME} or {INDEX_NAME}")
+    tensors: dict[str, tuple[Path, str]] = {}
+    unknown = []
+    for key, file in keys.items():
+        name = pgemma_key(key)
+        if name is None:
+            unknown.append(key)
+        elif name in tensors:
+            raise ValueError(f"{path}: {tensors[name][1]!r} and {key!r} are the same tensor in two layouts")
+        else:
+            tensors[name] = (file, key)
+    if unknown:
+        raise ValueError(f"{path}: unexpected keys (no known PaliGemma layout has them): {_listing(unknown)}")
+    return tensors
+
+
+def _check_keys(
+    expected: dict[str, tuple[int, ...]],
+    tensors: dict[str, tuple[Path, str]],
+    handles: dict[Path, Any],
+    path: Path,
+) -> None:
+    """Name every missing, unexpected and mis-shaped tensor, all in one error."""
+    problems = []
+    missing = [name for name in expected if name not in tensors and name != HEAD_KEY]  # the head is optional
+    if missing:
+        problems.append(f"missing keys: {_listing(missing)}")
+    unexpected = [key for name, (_, key) in tensors.items() if name not in expected]
+    if unexpected:
+        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    for name, (file, key) in tensors.items():
+        shape = tuple(handles[file].get_slice(key).get_shape())
+        if name in expected and shape != expected[name]:
+            problems.append(f"{key} in {file.name} has shape {shape}, the config needs {expected[name]}")
+    if problems:
+        raise ValueError(f"{path}: checkpoint does not match config.json:\n  " + "\n  ".join(problems))
+
+
+def _open(file: Path):
+    try:
+        return safe_open(file, framework="pt", device="cpu")
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{file}: not a readable safetensors file ({error})") from error
+
+
+def _read(handles: dict[Path, Any], file: Path, key: str) -> torch.Tensor:
+    try:
+        return handles[file].get_tensor(key)
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{file}: cannot read {key!r}, the file may be truncated ({error})") from error
+
+
+def _listing(names: list[str], limit: int = 10) -> str:
+    shown = ", ".join(sorted(names)[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

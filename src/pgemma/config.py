@@ -1,0 +1,272 @@
+"""Model configuration: one frozen dataclass per tower, composed into a PaliGemma config.
+
+Book chapter: "The PaliGemma architecture" (chapter 1, the numbers), and "Loading real
+checkpoints" (reading and writing Hugging Face ``config.json``).
+
+Field names are the Hugging Face ``config.json`` keys, so a reader can hold the two side by side.
+
+Not supported (refused with a ValueError when read from ``config.json``): PaliGemma 2 (a Gemma 2
+decoder), a SigLIP pooling head, biases in the decoder's attention, RoPE scaling, and activations
+other than the tanh approximation of GELU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SiglipVisionConfig:
+    """The SigLIP vision encoder (a ViT without its pooling head). Defaults: So400m/14 at 224 px."""
+
+    hidden_size: int = 1152
+    intermediate_size: int = 4304  # "shape-optimized" width of So400m, not 4 * 1152
+    num_hidden_layers: int = 27
+    num_attention_heads: int = 16
+    num_channels: int = 3
+    image_size: int = 224
+    patch_size: int = 14
+    layer_norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "vision_config")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"vision_config: hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"vision_config: image_size ({self.image_size}) must be divisible by "
+                f"patch_size ({self.patch_size}); patches tile the image without overlap or padding"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def num_patches(self) -> int:
+        """P, the number of image tokens: one per patch of the square image."""
+        return (self.image_size // self.patch_size) ** 2
+
+    @classmethod
+    def tiny(cls) -> SiglipVisionConfig:
+        return cls(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   image_size=32, patch_size=8)
+
+
+@dataclass(frozen=True)
+class GemmaConfig:
+    """The Gemma decoder. Defaults: Gemma 2B as used in PaliGemma 1 (vocabulary with loc/seg tokens)."""
+
+    vocab_size: int = 257216  # 256000 text + 1024 <locNNNN> + 128 <segNNN> + <image> and others
+    hidden_size: int = 2048
+    intermediate_size: int = 16384
+    num_hidden_layers: int = 18
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 1  # 1 => multi-query attention: all query heads share one key/value head
+    head_dim: int = 256  # explicit: not always hidden_size // num_attention_heads (Gemma 7B: 256, not 192)
+    max_position_embeddings: int = 8192
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        _check_positive(self, "text_config")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"text_config: num_attention_heads ({self.num_attention_heads}) must be divisible by "
+                f"num_key_value_heads ({self.num_key_value_heads}); each kv head serves a whole group"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"text_config: head_dim must be even for RoPE (got {self.head_dim})")
+
+    @classmethod
+    def tiny(cls) -> GemmaConfig:
+        return cls(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=128)
+
+
+@dataclass(frozen=True)
+class PaliGemmaConfig:
+    """SigLIP + a linear projector + Gemma. Defaults: ``google/paligemma-3b-pt-224``."""
+
+    vision_config: SiglipVisionConfig = field(default_factory=SiglipVisionConfig)
+    text_config: GemmaConfig = field(default_factory=GemmaConfig)
+    projection_dim: int = 2048  # output width of the projector: must equal text_config.hidden_size
+    image_token_index: int = 257152
+    pad_token_id: int = 0
+    eos_token_id: int = 1
+    bos_token_id: int = 2
+
+    def __post_init__(self) -> None:
+        if self.projection_dim != self.text_config.hidden_size:
+            raise ValueError(
+                f"projection_dim ({self.projection_dim}) must equal text_config.hidden_size "
+                f"({self.text_config.hidden_size}): projected patches are placed among text embeddings"
+            )
+        vocab = self.text_config.vocab_size
+        for name in ("image_token_index", "pad_token_id", "eos_token_id", "bos_token_id"):
+            value = getattr(self, name)
+            if not 0 <= value < vocab:
+                raise ValueError(f"{name} ({value}) must be in [0, text_config.vocab_size={vocab})")
+        if self.num_image_tokens >= self.text_config.max_position_embeddings:
+            raise ValueError(
+                f"{self.num_image_tokens} image tokens leave no room for text in a context of "
+                f"text_config.max_position_embeddings={self.text_config.max_position_embeddings}"
+            )
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.vision_config.num_patches
+
+    @classmethod
+    def paligemma_3b_224(cls) -> PaliGemmaConfig:
+        """The real numbers of PaliGemma 1, 3B parameters, 224 x 224 images (256 image tokens)."""
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> PaliGemmaConfig:
+        """A few-thousand-parameter model with the real structure (multi-query attention, 16 image tokens)."""
+        return cls(vision_config=SiglipVisionConfig.tiny(), text_config=GemmaConfig.tiny(),
+                   projection_dim=64, image_token_index=255)
+
+    @classmethod
+    def from_hf_dict(cls, config: dict[str, Any]) -> PaliGemmaConfig:
+        """Read a Hugging Face PaliGemma ``config.json`` (already parsed with ``json.load``).
+
+        Missing fields take the values transformers would give them: a missing ``text_config`` or
+        ``vision_config`` gets PaliGemma's defaults, a missing key inside one gets the defaults of
+        transformers' ``GemmaConfig`` or ``SiglipVisionConfig`` class.
+        """
+        if not isinstance(config, dict):
+            raise TypeError(f"config must be a dict parsed from config.json, got {type(config).__name__}")
+        if config.get("model_type") != "paligemma":
+            raise ValueError(f"model_type must be 'paligemma', got {config.get('model_type')!r}")
+        text = _text_config_from_hf(config.get("text_config"))
+        vision = _vision_config_from_hf(config.get("vision_config"))
+        top = {key: config[key] for key in _HF_PALIGEMMA_DEFAULTS if config.get(key) is not None}
+        # Older files keep the special-token ids in text_config only.
+        for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+            if key not in top and isinstance(config.get("text_config"), dict) and key in config["text_config"]:
+                top[key] = config["text_config"][key]
+        values = {**_HF_PALIGEMMA_DEFAULTS, **top}
+        _check_types(values, {f.name: f.type for f in fields(cls) if f.name in values}, "config")
+        return cls(vision_config=vision, text_config=text, **values)
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The ``config.json`` transformers reads (tested against transformers 5.23)."""
+        vision, text = self.vision_config, self.text_config
+        return {
+            "architectures": ["PaliGemmaForConditionalGeneration"],
+            "model_type": "paligemma",
+            "hidden_size": text.hidden_size,
+            "vocab_size": text.vocab_size,
+            "projection_dim": self.projection_dim,
+            "image_token_index": self.image_token_index,
+            "pad_token_id": self.pad_token_id,
+            "eos_token_id": self.eos_token_id,
+            "bos_token_id": self.bos_token_id,
+            "tie_word_embeddings": True,
+            "vision_config": {
+                "model_type": "siglip_vision_model",
+                **asdict(vision),
+                "hidden_act": "gelu_pytorch_tanh",
+                "vision_use_head": False,
+                "projection_dim": self.projection_dim,
+                "num_image_tokens": self.num_image_tokens,
+            },
+            "text_config": {
+                "model_type": "gemma",
+                **asdict(text),
+                # transformers >= 5 reads rope_parameters, older versions rope_theta.
+                "rope_parameters": {"rope_theta": text.rope_theta, "rope_type": "default"},
+                "hidden_act": "gelu_pytorch_tanh",
+                "num_image_tokens": self.num_image_tokens,
+                "pad_token_id": self.pad_token_id,
+                "eos_token_id": self.eos_token_id,
+                "bos_token_id": self.bos_token_id,
+            },
+        }
+
+
+# transformers' defaults (5.23), used to fill missing fields exactly as it does.
+_HF_PALIGEMMA_DEFAULTS = {"projection_dim": 2048, "image_token_index": 256000,
+                          "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
+_HF_GEMMA_CLASS_DEFAULTS = {"vocab_size": 256000, "hidden_size": 3072, "intermediate_size": 24576,
+                            "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 16,
+                            "head_dim": 256, "max_position_embeddings": 8192, "rms_norm_eps": 1e-6,
+                            "rope_theta": 10000.0}
+_HF_PALIGEMMA_TEXT_DEFAULTS = {**_HF_GEMMA_CLASS_DEFAULTS, "hidden_size": 2048, "num_hidden_layers": 18,
+                               "intermediate_size": 16384, "num_attention_heads": 8,
+                               "num_key_value_heads": 1, "vocab_size": 257152}
+_HF_SIGLIP_CLASS_DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                             "num_attention_heads": 12, "num_channels": 3, "image_size": 224,
+                             "patch_size": 16, "layer_norm_eps": 1e-6}
+# intermediate_size 4096 is transformers' default for PaliGemma, although the real model has 4304.
+_HF_PALIGEMMA_VISION_DEFAULTS = {**_HF_SIGLIP_CLASS_DEFAULTS, "intermediate_size": 4096, "hidden_size": 1152,
+                                 "patch_size": 14, "num_hidden_layers": 27, "num_attention_heads": 16}
+# "gelu" is the legacy spelling in Gemma configs; transformers maps it to the tanh approximation.
+_TANH_GELU = ("gelu_pytorch_tanh", "gelu")
+
+
+def _text_config_from_hf(text: dict[str, Any] | None) -> GemmaConfig:
+    if text is None:
+        return GemmaConfig(**_HF_PALIGEMMA_TEXT_DEFAULTS)
+    if not isinstance(text, dict):
+        raise TypeError(f"text_config must be a JSON object, got {type(text).__name__}")
+    if text.get("model_type", "gemma") != "gemma":
+        raise ValueError(f"text_config.model_type must be 'gemma' (PaliGemma 1), got {text['model_type']!r}; "
+                         "PaliGemma 2 (gemma2) is not supported")
+    if text.get("hidden_act", "gelu_pytorch_tanh") not in _TANH_GELU:
+        raise ValueError(f"text_config.hidden_act must be 'gelu_pytorch_tanh', got {text['hidden_act']!r}")
+    if text.get("attention_bias", False):
+        raise ValueError("text_config.attention_bias=true is not supported: Gemma's projections have no bias")
+    values = {key: text[key] for key in _HF_GEMMA_CLASS_DEFAULTS if text.get(key) is not None}
+    rope = text.get("rope_parameters") or text.get("rope_scaling")
+    if rope is not None:
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            raise ValueError(f"text_config: only the default RoPE is supported, got {rope!r}")
+        if "rope_theta" in rope:
+            values["rope_theta"] = rope["rope_theta"]
+    values = {**_HF_GEMMA_CLASS_DEFAULTS, **values}
+    _check_types(values, {f.name: f.type for f in fields(GemmaConfig)}, "text_config")
+    return GemmaConfig(**values)
+
+
+def _vision_config_from_hf(vision: dict[str, Any] | None) -> SiglipVisionConfig:
+    if vision is None:
+        return SiglipVisionConfig(**_HF_PALIGEMMA_VISION_DEFAULTS)
+    if not isinstance(vision, dict):
+        raise TypeError(f"vision_config must be a JSON object, got {type(vision).__name__}")
+    if vision.get("model_type", "siglip_vision_model") != "siglip_vision_model":
+        raise ValueError(f"vision_config.model_type must be 'siglip_vision_model', got {vision['model_type']!r}")
+    if vision.get("hidden_act", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+        raise ValueError(f"vision_config.hidden_act must be 'gelu_pytorch_tanh', got {vision['hidden_act']!r}")
+    # transformers' SiglipVisionConfig defaults to a pooling head; PaliGemma uses every patch instead.
+    if vision.get("vision_use_head", True):
+        raise ValueError("vision_config.vision_use_head must be false: PaliGemma feeds every patch to the "
+                         "decoder and has no pooling head (a missing key means true in transformers)")
+    values = {key: vision[key] for key in _HF_SIGLIP_CLASS_DEFAULTS if vision.get(key) is not None}
+    values = {**_HF_SIGLIP_CLASS_DEFAULTS, **values}
+    _check_types(values, {f.name: f.type for f in fields(SiglipVisionConfig)}, "vision_config")
+    return SiglipVisionConfig(**values)
+
+
+def _check_types(values: dict[str, Any], types: dict[str, str], where: str) -> None:
+    """JSON gives ints, floats, strings...: refuse anything that is not the number a field expects."""
+    for key, value in values.items():
+        expected = types[key]
+        ok = (isinstance(value, int) and not isinstance(value, bool)) if expected == "int" else (
+            isinstance(value, (int, float)) and not isinstance(value, bool))
+        if not ok:
+            raise TypeError(f"{where}.{key} must be {'an int' if expected == 'int' else 'a number'}, "
+                            f"got {value!r}")
+
+
+def _check_positive(config: SiglipVisionConfig | GemmaConfig, where: str) -> None:
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if value <= 0:
+            raise ValueError(f"{where}.{f.name} must be positive, got {value}")

@@ -1,0 +1,207 @@
+"""PaliGemma end to end: parity with transformers, the KV cache, and input validation."""
+
+import pytest
+import torch
+from conftest import CONFIGS, make_inputs, random_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pgemma.checkpoint import load_model
+from pgemma.config import PaliGemmaConfig
+from pgemma.kv_cache import KVCache
+from pgemma.paligemma import PaliGemmaForConditionalGeneration
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_logits_and_loss_match_transformers(name, reference_checkpoint, reference_model):
+    model, hf_model = load_model(reference_checkpoint(name)), reference_model(name)
+    inputs = make_inputs(CONFIGS[name], seed=1, padding=(0, 3, 1))
+    with torch.no_grad():
+        ours = model(**inputs)
+        theirs = hf_model(**inputs)
+    # Every position, padding included: the padding rows follow the same rules as transformers'.
+    assert (ours.logits - theirs.logits).abs().max() <= 1e-5
+    assert ours.logits.shape == (3, inputs["input_ids"].shape[1], CONFIGS[name].text_config.vocab_size)
+    torch.testing.assert_close(ours.loss, theirs.loss, rtol=1e-6, atol=1e-6)
+
+
+def test_compare_layers_finds_no_divergence(reference_checkpoint, reference_model):
+    from pgemma.reference import compare_layers, format_comparison
+
+    name = "grouped_query"
+    model, hf_model = load_model(reference_checkpoint(name)), reference_model(name)
+    inputs = make_inputs(CONFIGS[name], seed=2)
+    del inputs["labels"]
+    table = compare_layers(model, hf_model, inputs)
+    layers = CONFIGS[name].vision_config.num_hidden_layers, CONFIGS[name].text_config.num_hidden_layers
+    assert list(table) == (["patch_embeddings"] + [f"vision_layer_{i}" for i in range(layers[0])]
+                           + ["image_features", "decoder_input"]
+                           + [f"decoder_layer_{i}" for i in range(layers[1] - 1)] + ["final_norm", "logits"])
+    assert max(table.values()) <= 1e-5, format_comparison(table)
+
+
+def test_compare_layers_points_at_the_broken_layer(reference_checkpoint, reference_model):
+    from pgemma.reference import compare_layers
+
+    name = "grouped_query"
+    model, hf_model = load_model(reference_checkpoint(name)), reference_model(name)
+    with torch.no_grad():
+        model.language_model.model.layers[1].mlp.down_proj.weight.mul_(1.5)
+    inputs = make_inputs(CONFIGS[name], seed=2)
+    del inputs["labels"]
+    table = compare_layers(model, hf_model, inputs)
+    assert table["decoder_layer_0"] <= 1e-5
+    assert table["decoder_layer_1"] > 1e-3
+
+
+def test_the_image_reaches_the_text(reference_checkpoint):
+    model = load_model(reference_checkpoint("multi_query"))
+    inputs = make_inputs(CONFIGS["multi_query"], seed=3)
+    del inputs["labels"]
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        inputs["pixel_values"] = inputs["pixel_values"].flip(-1)
+        flipped = model(**inputs).logits
+    assert (logits[:, -1] - flipped[:, -1]).abs().max() > 1e-4
+
+
+def test_sdpa_path_matches_explicit_path(reference_checkpoint):
+    path = reference_checkpoint("grouped_query")
+    explicit, fused = load_model(path), load_model(path, use_sdpa=True)
+    inputs = make_inputs(CONFIGS["grouped_query"], seed=4)
+    with torch.no_grad():
+        a, b = explicit(**inputs).logits, fused(**inputs).logits
+    real = inputs["attention_mask"].bool()  # padding queries see no key: their rows differ (see attention())
+    torch.testing.assert_close(a[real], b[real], rtol=1e-5, atol=1e-5)
+
+
+def _decode_step_by_step(model, inputs, prompt_length: int) -> torch.Tensor:
+    """Prefill the first `prompt_length` tokens, then feed the rest one token per row."""
+    ids, mask, types = inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]
+    cache = KVCache.empty(model.config.text_config, ids.shape[0], ids.shape[1])
+    out = model(ids[:, :prompt_length], inputs["pixel_values"], mask[:, :prompt_length],
+                types[:, :prompt_length], kv_cache=cache)
+    steps, cache = [out.logits], out.kv_cache
+    for t in range(prompt_length, ids.shape[1]):
+        out = model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], kv_cache=cache)
+        steps.append(out.logits)
+        cache = out.kv_cache
+    assert cache.length == ids.shape[1]
+    return torch.cat(steps, dim=1)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_cached_decoding_matches_full_recomputation(name, reference_checkpoint):
+    model = load_model(reference_checkpoint(name))
+    inputs = make_inputs(CONFIGS[name], seed=5, padding=(2, 0), suffix=4)
+    prompt_length = inputs["input_ids"].shape[1] - 4
+    with torch.no_grad():
+        full = model(**inputs).logits
+        cached = _decode_step_by_step(model, inputs, prompt_length)
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
+
+
+def test_cached_decoding_matches_transformers(reference_checkpoint, reference_model):
+    """The generation contract: one new token per row, attention_mask covering cache + new tokens."""
+    name = "multi_query"
+    model, hf_model = load_model(reference_checkpoint(name)), reference_model(name)
+    inputs = make_inputs(CONFIGS[name], seed=6, padding=(0, 2), suffix=3)
+    prompt_length = inputs["input_ids"].shape[1] - 3
+    with torch.no_grad():
+        theirs = hf_model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+        ours = _decode_step_by_step(model, inputs, prompt_length)
+    assert (ours - theirs).abs().max() <= 1e-5
+
+
+@settings(max_examples=8, deadline=None)
+@given(batch=st.integers(1, 3), prefix=st.integers(1, 6), suffix=st.integers(1, 5), data=st.data())
+def test_cache_equals_recompute_property(batch, prefix, suffix, data):
+    config = CONFIGS[data.draw(st.sampled_from(sorted(CONFIGS)))]
+    padding = tuple(data.draw(st.integers(0, prefix - 1)) for _ in range(batch))
+    prompt_extra = data.draw(st.integers(0, suffix - 1))  # part of the suffix may be in the prompt
+    model = random_model(config, seed=batch)
+    inputs = make_inputs(config, seed=prefix, padding=padding, prefix=prefix, suffix=suffix)
+    prompt_length = inputs["input_ids"].shape[1] - suffix + prompt_extra
+    with torch.no_grad():
+        full = model(**inputs).logits
+        cached = _decode_step_by_step(model, inputs, prompt_length)
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
+
+
+def test_output_shapes_and_names_mirror_the_hub():
+    model = PaliGemmaForConditionalGeneration(PaliGemmaConfig.tiny())
+    names = dict(model.named_parameters(remove_duplicate=False))
+    for key in ("vision_tower.vision_model.embeddings.patch_embedding.weight",
+                "vision_tower.vision_model.encoder.layers.1.self_attn.q_proj.weight",
+                "vision_tower.vision_model.post_layernorm.bias", "multi_modal_projector.linear.bias",
+                "language_model.model.layers.1.self_attn.q_proj.weight", "language_model.model.embed_tokens.weight",
+                "language_model.model.norm.weight", "language_model.lm_head.weight"):
+        assert key in names
+    assert model.language_model.lm_head.weight is model.language_model.model.embed_tokens.weight
+    assert model.num_image_tokens == 16
+    assert PaliGemmaConfig.paligemma_3b_224().num_image_tokens == 256
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    return random_model(PaliGemmaConfig.tiny())
+
+
+@pytest.fixture
+def tiny_inputs():
+    inputs = make_inputs(PaliGemmaConfig.tiny(), seed=7)
+    del inputs["labels"]
+    return inputs
+
+
+def test_wrong_number_of_image_tokens_is_refused(tiny_model, tiny_inputs):
+    tiny_inputs["input_ids"][0, 0] = 5  # one <image> token fewer in row 0
+    with pytest.raises(ValueError, match=r"16 <image> tokens .*got \[15, 16\] per row for 2 image"):
+        tiny_model(**tiny_inputs)
+
+
+def test_image_tokens_without_pixels_are_refused(tiny_model, tiny_inputs):
+    del tiny_inputs["pixel_values"]
+    with pytest.raises(ValueError, match="32 <image> tokens but pixel_values is None"):
+        tiny_model(**tiny_inputs)
+
+
+def test_out_of_vocabulary_ids_are_refused(tiny_model, tiny_inputs):
+    tiny_inputs["input_ids"][1, -1] = 256
+    with pytest.raises(ValueError, match=r"must be in \[0, 256\).*to 256"):
+        tiny_model(**tiny_inputs)
+
+
+def test_sequence_longer_than_the_context_is_refused(tiny_model):
+    ids = torch.full((1, 129), 3)
+    with pytest.raises(ValueError, match="0 cached \\+ 129 new tokens exceed .*max_position_embeddings=128"):
+        tiny_model(ids)
+
+
+def test_too_many_tokens_for_the_cache_is_refused(tiny_model):
+    cache = KVCache.empty(tiny_model.config.text_config, batch_size=1, max_length=4)
+    with pytest.raises(ValueError, match="holds 4 tokens; 0 are stored and 5 more do not fit"):
+        tiny_model(torch.full((1, 5), 3), kv_cache=cache)
+
+
+def test_wrong_image_size_is_refused(tiny_model, tiny_inputs):
+    tiny_inputs["pixel_values"] = torch.zeros(2, 3, 64, 64)
+    with pytest.raises(ValueError, match=r"pixel_values must have shape \(images, 3, 32, 32\), got \(2, 3, 64, 64\)"):
+        tiny_model(**tiny_inputs)
+
+
+def test_mismatched_mask_shapes_are_refused(tiny_model, tiny_inputs):
+    tiny_inputs["attention_mask"] = tiny_inputs["attention_mask"][:, 1:]
+    with pytest.raises(ValueError, match=r"attention_mask must have shape \(2, 25\), got \(2, 24\)"):
+        tiny_model(**tiny_inputs)
+
+
+def test_float_input_ids_are_refused(tiny_model):
+    with pytest.raises(TypeError, match="input_ids must be an integer tensor"):
+        tiny_model(torch.zeros(1, 4))
+
+
+def test_cache_for_another_batch_size_is_refused(tiny_model):
+    cache = KVCache.empty(tiny_model.config.text_config, batch_size=2, max_length=8)
+    with pytest.raises(ValueError, match="batch size 2, input_ids has 1"):
+        tiny_model(torch.full((1, 3), 3), kv_cache=cache)
