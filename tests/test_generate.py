@@ -1,0 +1,224 @@
+"""Tests for pgemma.generate: parity with transformers' generate, cache vs oracle, sampling, EOS."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_tokenizer import make_tokenizer
+from torch import nn
+
+from pgemma.checkpoint import load_model
+from pgemma.config import GemmaConfig, PaliGemmaConfig
+from pgemma.generate import (
+    TextStreamer,
+    filter_logits,
+    generate,
+    generate_tokens,
+    make_generator,
+    sample_next_token,
+)
+from pgemma.processor import PaliGemmaProcessor, load_processor
+from pgemma.tokenizer import PaliGemmaTokenizer
+
+PROMPTS = ["caption en", "answer en what color is the cat? say it"]  # different lengths: one row is padded
+NEW_TOKENS = 10
+
+
+def build_checkpoint(folder: Path) -> Path:
+    """A tiny random PaliGemma written by transformers, plus a trained tokenizer: a full checkpoint folder."""
+    from pgemma.reference import build_reference_checkpoint
+
+    tokenizer = make_tokenizer()
+    config = replace(
+        PaliGemmaConfig.tiny(),
+        text_config=replace(GemmaConfig.tiny(), vocab_size=tokenizer.vocab_size),
+        image_token_index=tokenizer.image_id,
+    )
+    build_reference_checkpoint(folder, config, seed=0)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def images(count: int = 2) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    pytest.importorskip("transformers")
+    return build_checkpoint(tmp_path_factory.mktemp("tiny_paligemma"))
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return load_model(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def processor(checkpoint):
+    return load_processor(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def batch(processor):
+    return processor(images(), PROMPTS)
+
+
+def run(model, batch, **options) -> torch.Tensor:
+    """All generated tokens as int64[B, steps]."""
+    return torch.stack(list(generate_tokens(model, batch, **options)), dim=1)
+
+
+def test_greedy_matches_transformers_generate(checkpoint, model, batch):
+    from pgemma.reference import load_reference_model
+
+    hf_model = load_reference_model(checkpoint)
+    with torch.no_grad():
+        expected = hf_model.generate(
+            input_ids=batch.input_ids, pixel_values=batch.pixel_values, attention_mask=batch.attention_mask,
+            token_type_ids=batch.token_type_ids, do_sample=False, max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,  # transformers would stop at <eos>; we compare every step
+        )[:, batch.input_ids.shape[1]:]
+    ours = run(model, batch, max_new_tokens=NEW_TOKENS)
+    assert torch.equal(ours[:, :NEW_TOKENS], expected)
+
+
+def test_cached_matches_uncached_oracle(model, batch):
+    assert torch.equal(run(model, batch, max_new_tokens=NEW_TOKENS),
+                       run(model, batch, max_new_tokens=NEW_TOKENS, use_cache=False))
+    sampled = dict(max_new_tokens=NEW_TOKENS, do_sample=True, temperature=1.5, top_k=50, top_p=0.95, seed=7)
+    assert torch.equal(run(model, batch, **sampled), run(model, batch, use_cache=False, **sampled))
+
+
+def test_padded_row_answers_like_the_prompt_alone(model, processor, batch):
+    alone = processor(images()[0], PROMPTS[0])
+    assert batch.attention_mask[0].eq(0).any()  # the first prompt is the padded one
+    assert torch.equal(run(model, batch, max_new_tokens=NEW_TOKENS)[0], run(model, alone, max_new_tokens=NEW_TOKENS)[0])
+
+
+def test_seeded_sampling_is_reproducible_and_leaves_global_rng_alone(model, batch):
+    options = dict(max_new_tokens=NEW_TOKENS, do_sample=True, temperature=2.0)
+    state = torch.random.get_rng_state()
+    first = run(model, batch, seed=1, **options)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert torch.equal(first, run(model, batch, seed=1, **options))
+    assert not torch.equal(first, run(model, batch, seed=2, **options))
+
+
+def test_top_k_one_is_greedy(model, batch):
+    greedy = run(model, batch, max_new_tokens=NEW_TOKENS)
+    assert torch.equal(run(model, batch, max_new_tokens=NEW_TOKENS, do_sample=True, top_k=1, seed=3), greedy)
+    assert torch.equal(run(model, batch, max_new_tokens=NEW_TOKENS, do_sample=True, top_p=1e-6, seed=3), greedy)
+
+
+class EndsRowZero(nn.Module):
+    """A test double: the wrapped model, except that row 0 prefers <eos> from the `after`-th new token on."""
+
+    def __init__(self, model, prompt_length: int, after: int):
+        super().__init__()
+        self.model, self.config = model, model.config
+        self.language_model = model.language_model
+        self.prompt_length, self.after = prompt_length, after
+
+    def forward(self, input_ids, pixel_values, attention_mask, token_type_ids, position_ids, kv_cache):
+        output = self.model(input_ids, pixel_values, attention_mask, token_type_ids, position_ids, kv_cache)
+        if attention_mask.shape[1] >= self.prompt_length + self.after:
+            output.logits[0, -1, self.config.eos_token_id] = 1e4
+        return output
+
+
+def test_eos_stops_a_row(model, processor, batch):
+    prompt_length = batch.input_ids.shape[1]
+    ends = EndsRowZero(model, prompt_length, after=3)
+    tokens = run(ends, batch, max_new_tokens=NEW_TOKENS)
+    eos, pad = model.config.eos_token_id, model.config.pad_token_id
+    assert tokens.shape == (2, NEW_TOKENS)
+    assert tokens[0, 3] == eos and tokens[0, 4:].eq(pad).all() and tokens[0, :3].ne(eos).all()
+    assert tokens[1].ne(eos).all()
+    answers = generate(ends, processor, images(), PROMPTS, max_new_tokens=NEW_TOKENS)
+    assert answers[0] == processor.decode(tokens[0, :3].tolist())
+    assert answers[1] == processor.decode(tokens[1].tolist())
+
+
+def test_generation_ends_when_every_row_has_finished(model, processor):
+    alone = processor(images()[0], PROMPTS[0])
+    steps = list(generate_tokens(EndsRowZero(model, alone.input_ids.shape[1], after=2), alone, max_new_tokens=50))
+    assert len(steps) == 3 and steps[-1].item() == model.config.eos_token_id
+
+
+def test_generate_streams_what_it_returns(model, processor):
+    pieces: list[list[str]] = [[], []]
+    answers = generate(model, processor, images(), PROMPTS, max_new_tokens=NEW_TOKENS,
+                       stream=lambda row, text: pieces[row].append(text))
+    assert ["".join(p) for p in pieces] == answers
+    assert all(len(p) > 1 for p in pieces)  # it arrived in several pieces, not at the end
+    greedy = run(model, processor(images(), PROMPTS), max_new_tokens=NEW_TOKENS)
+    assert answers[1] == processor.decode(greedy[1].tolist())
+
+
+def test_streamer_holds_back_incomplete_characters():
+    from test_tokenizer import make_sentencepiece_tokenizer
+
+    tokenizer: PaliGemmaTokenizer = make_sentencepiece_tokenizer()
+    ids = tokenizer.encode("a \u732b cat")  # the CJK character is three byte-fallback tokens
+    streamer = TextStreamer(tokenizer)
+    pieces = [streamer.push(i) for i in ids]
+    assert "\ufffd" not in "".join(pieces)
+    assert "".join(pieces) + streamer.flush() == "a \u732b cat"
+    assert "" in pieces  # held back while the character was incomplete
+
+
+def test_filter_logits_matches_transformers_warpers():
+    transformers = pytest.importorskip("transformers")
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0)) * 3
+    for temperature, top_k, top_p in [(0.7, None, None), (1.0, 5, None), (1.0, None, 0.9), (1.3, 20, 0.5)]:
+        expected = logits / temperature
+        if top_k is not None:
+            expected = transformers.TopKLogitsWarper(top_k)(None, expected)
+        if top_p is not None:
+            expected = transformers.TopPLogitsWarper(top_p)(None, expected)
+        assert torch.equal(filter_logits(logits, temperature, top_k, top_p).isinf(), expected.isinf())
+        kept = expected.isfinite()
+        torch.testing.assert_close(filter_logits(logits, temperature, top_k, top_p)[kept], expected[kept])
+
+
+def test_filter_logits_worked_example():
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    kept = lambda **options: filter_logits(logits, **options).isfinite()[0].tolist()  # noqa: E731
+    assert kept(top_k=2) == [True, True, False, False]
+    assert kept(top_p=0.5) == [True, False, False, False]
+    assert kept(top_p=0.7) == [True, True, False, False]
+    assert kept(top_p=0.96) == [True, True, True, True]
+
+
+def test_sample_next_token_follows_the_distribution():
+    probs = torch.tensor([0.1, 0.6, 0.3])
+    logits = probs.log().expand(20_000, 3)
+    counts = torch.bincount(sample_next_token(logits, do_sample=True, generator=make_generator(0)), minlength=3)
+    torch.testing.assert_close(counts / 20_000, probs, atol=0.015, rtol=0)
+    assert sample_next_token(logits[:2]).tolist() == [1, 1]
+
+
+def test_bad_options(model, processor, batch):
+    with pytest.raises(ValueError, match="pass do_sample=True"):
+        run(model, batch, top_k=5)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        run(model, batch, do_sample=True, temperature=0.0)
+    with pytest.raises(ValueError, match="top_p must be in"):
+        run(model, batch, do_sample=True, top_p=1.5)
+    with pytest.raises(ValueError, match="top_k must be a positive int"):
+        run(model, batch, do_sample=True, top_k=0)
+    with pytest.raises(ValueError, match="max_new_tokens must be a positive int"):
+        run(model, batch, max_new_tokens=0)
+    with pytest.raises(ValueError, match="exceeds the model's context of 128"):
+        run(model, batch, max_new_tokens=200)
+
+
+def test_processor_from_another_checkpoint_is_refused(model, processor):
+    other = PaliGemmaProcessor(processor.tokenizer, image_size=64, num_image_tokens=64)
+    with pytest.raises(ValueError, match="image_size is 64 but the model's vision_config.image_size is 32"):
+        generate(model, other, images(1), "caption en")
