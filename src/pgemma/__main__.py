@@ -1,4 +1,4 @@
-"""Command line: `python -m pgemma generate` (or `pgemma generate`). Book chapter: *Generating text*.
+"""Command line: `python -m pgemma generate` (or `pgemma generate`). Book chapter: "Assembling PaliGemma".
 
     pgemma generate --model CHECKPOINT_DIR --image cat.jpg --prompt "caption en"
     pgemma generate --model DIR --image shapes.png --prompt "detect circle" --max-new-tokens 20

@@ -1,4 +1,4 @@
-"""Writing the answer one token at a time. Book chapter: *Generating text: the KV cache*.
+"""Writing the answer one token at a time. Book chapter: "The KV-cache" (prefill and decoding).
 
 Generation is a loop: run the model, turn the last position's logits into one token per row,
 append it, repeat until every row has written <eos> or `max_new_tokens` are out.

@@ -1,4 +1,4 @@
-"""Images and prompts in, model-ready tensors out. Book chapter: *The processor*.
+"""Images and prompts in, model-ready tensors out. Book chapter: "The PaliGemma processor".
 
 PaliGemma sees one image and one line of text. The processor turns them into the tensors
 the model takes, in named steps that the chapter walks through one by one:
@@ -34,15 +34,15 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from pgemma.tokenizer import BOS, EOS, IMAGE, NUM_LOC_TOKENS, SPECIAL_TOKENS, PaliGemmaTokenizer
+from pgemma.tokenizer import BOS, IMAGE, NUM_LOC_TOKENS, SPECIAL_TOKENS, PaliGemmaTokenizer
 
-ImageInput = Union[str, Path, Image.Image, np.ndarray]
+ImageInput = str | Path | Image.Image | np.ndarray
 
 IMAGE_MEAN = 0.5  # SigLIP maps pixels to [-1, 1]: (x - 0.5) / 0.5 on all three channels
 IMAGE_STD = 0.5

@@ -1,4 +1,4 @@
-"""Text <-> token ids, with PaliGemma's special tokens. Book chapter: *The processor*.
+"""Text <-> token ids, with PaliGemma's special tokens. Book chapter: "Tensors, patches and tokens".
 
 PaliGemma reuses Gemma's SentencePiece vocabulary (256,000 pieces) and adds tokens that are
 never split into smaller pieces:
@@ -83,7 +83,7 @@ class _SentencePieceBackend:
     def __init__(self, processor: spm.SentencePieceProcessor) -> None:
         self.processor = processor
         size = processor.get_piece_size()
-        self.special_ids = {}
+        self.special_ids: dict[str, int] = {}
         for name in SPECIAL_TOKENS:
             piece_id = processor.piece_to_id(name)
             if processor.id_to_piece(piece_id) == name:
@@ -193,7 +193,8 @@ class PaliGemmaTokenizer:
         filename = self._backend.save(folder)
         special_map = {"pad_token": PAD, "eos_token": EOS, "bos_token": BOS, "unk_token": UNK}
         config = {
-            # A tokenizer.json is read as is; a tokenizer.model is converted by GemmaTokenizer.
+            # A tokenizer.json is read as is; transformers converts a tokenizer.model with its
+            # GemmaTokenizer, which needs the protobuf package.
             "tokenizer_class": "PreTrainedTokenizerFast" if filename == TOKENIZER_JSON else "GemmaTokenizer",
             **special_map,
             "add_bos_token": False,
