@@ -234,3 +234,27 @@ def test_transformers_reads_saved_tokenizer(tokenizer, tmp_path):
             tokenizer.encode(text)
         )
     assert (hf.pad_token_id, hf.eos_token_id, hf.bos_token_id) == (0, 1, 2)
+
+
+def _rewrite_loc_entries(tokenizer: PaliGemmaTokenizer, folder, keep: bool, special: bool) -> None:
+    """Save `tokenizer` with its <loc> added-token entries removed (keep=False) or flagged special."""
+    tokenizer.save_pretrained(folder)
+    state = json.loads((folder / "tokenizer.json").read_text())
+    entries = [e for e in state["added_tokens"] if keep or not e["content"].startswith("<loc")]
+    for entry in entries:
+        if entry["content"].startswith("<loc"):
+            entry["special"] = special
+    state["added_tokens"] = entries
+    (folder / "tokenizer.json").write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize("keep, special", [(False, False), (True, True)])
+def test_location_tokens_are_whole_and_kept_whatever_the_file_says(tokenizer, tmp_path, keep, special):
+    # Files may list <loc> only in the vocabulary (split by BPE) or as special (dropped on decode).
+    _rewrite_loc_entries(tokenizer, tmp_path, keep, special)
+    raw = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    loc = tokenizer.token_to_id("<loc0123>")
+    assert raw.encode("<loc0123>").ids != [loc] or raw.decode([loc]) != "<loc0123>"
+    loaded = PaliGemmaTokenizer.from_pretrained(tmp_path)
+    assert loaded.encode("a cat<loc0123> sat") == tokenizer.encode("a cat<loc0123> sat")
+    assert loaded.decode([loc, *tokenizer.encode(" cat")]) == "<loc0123> cat"

@@ -47,11 +47,33 @@ _RESERVED_PATTERN = re.compile(r"<(?:pad|eos|bos|unk|image|loc\d{4}|seg\d{3})>")
 _SPACE = "\u2581"
 
 
+def _register_location_tokens(tokenizer: Tokenizer) -> Tokenizer:
+    """Make every <loc>/<seg> token of the vocabulary a whole, non-special added token.
+
+    In a tokenizer.json they may be plain vocabulary entries (which the subword model would
+    spell "<", "loc", ...) or special added tokens (which decode(skip_special_tokens=True) would
+    drop, losing the boxes); transformers' PaliGemmaProcessor fixes this the same way, with
+    `tokenizer.add_tokens(EXTRA_TOKENS)`. Returns the tokenizer unchanged when nothing needs it.
+    """
+    present = {t: i for t in LOC_TOKENS + SEG_TOKENS if (i := tokenizer.token_to_id(t)) is not None}
+    if all(tokenizer.encode(t, add_special_tokens=False).ids == [i] and tokenizer.decode([i]) == t
+           for t, i in present.items()):
+        return tokenizer
+    state = json.loads(tokenizer.to_str())
+    added = {entry["content"]: entry for entry in state["added_tokens"]}
+    for token, token_id in present.items():
+        entry = added.setdefault(token, {"id": token_id, "content": token, "single_word": False, "lstrip": False,
+                                         "rstrip": False, "normalized": False})
+        entry["special"] = False
+    state["added_tokens"] = sorted(added.values(), key=lambda entry: entry["id"])
+    return Tokenizer.from_str(json.dumps(state))
+
+
 class _TokenizersBackend:
     """A `tokenizers.Tokenizer` (the format of tokenizer.json)."""
 
     def __init__(self, tokenizer: Tokenizer) -> None:
-        self.tokenizer = tokenizer
+        self.tokenizer = _register_location_tokens(tokenizer)
 
     def encode(self, text: str) -> list[int]:
         # The file's special tokens are matched whole before the subword model sees the text.
@@ -286,10 +308,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, seg_tokens: bool = Fa
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=reserved, initial_alphabet=alphabet, show_progress=False
     )
+    # The trainer registers every reserved token as "special"; PaliGemmaTokenizer then turns
+    # <loc>/<seg> into ordinary (kept on decode) unsplittable tokens.
     tokenizer.train_from_iterator(_training_pieces(texts), trainer)
-    # The trainer registers every reserved token as "special", which decode(skip_special_tokens)
-    # would drop; <loc>/<seg> must survive decoding, so we clear their flag.
-    state = json.loads(tokenizer.to_str())
-    for added in state["added_tokens"]:
-        added["special"] = added["content"] in SPECIAL_TOKENS
-    return PaliGemmaTokenizer(Tokenizer.from_str(json.dumps(state)))
+    return PaliGemmaTokenizer(tokenizer)
