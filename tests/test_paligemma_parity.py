@@ -205,3 +205,23 @@ def test_cache_for_another_batch_size_is_refused(tiny_model):
     cache = KVCache.empty(tiny_model.config.text_config, batch_size=2, max_length=8)
     with pytest.raises(ValueError, match="batch size 2, input_ids has 1"):
         tiny_model(torch.full((1, 3), 3), kv_cache=cache)
+
+
+def test_bfloat16_differs_from_transformers_5_only_by_where_the_image_is_scaled(reference_checkpoint):
+    """transformers >= 5.4 no longer divides image features by sqrt(D) (see merge_image_and_text).
+
+    With D = 64, sqrt(D) = 8 is a power of two and both orders round identically in bfloat16, so
+    the logits are bit-identical; with D = 48 they differ by a few bfloat16 steps.
+    """
+    from pgemma.reference import load_reference_model
+
+    for name, exact in (("multi_query", True), ("grouped_query", False)):
+        inputs = make_inputs(CONFIGS[name], seed=8)
+        del inputs["labels"]
+        model = load_model(reference_checkpoint(name), dtype=torch.bfloat16)
+        hf_model = load_reference_model(reference_checkpoint(name), dtype=torch.bfloat16)
+        with torch.no_grad():
+            ours, theirs = model(**inputs).logits, hf_model(**inputs).logits
+        assert ours.dtype == theirs.dtype == torch.bfloat16
+        assert torch.equal(ours, theirs) == exact, name
+        assert (ours.float() - theirs.float()).abs().max() <= 0.02 * theirs.float().abs().max()

@@ -1,0 +1,77 @@
+"""The KV cache object, and the decoder's cached decoding against full recomputation."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pgemma.config import GemmaConfig
+from pgemma.gemma import GemmaForCausalLM
+from pgemma.kv_cache import KVCache
+from pgemma.masks import decoder_mask
+
+
+def test_empty_cache_is_preallocated_per_layer():
+    config = GemmaConfig.tiny()
+    cache = KVCache.empty(config, batch_size=3, max_length=10, dtype=torch.bfloat16)
+    assert len(cache.keys) == len(cache.values) == config.num_hidden_layers
+    assert cache.keys[0].shape == (3, config.num_key_value_heads, 10, config.head_dim)  # (B, K, S_max, H)
+    assert cache.keys[0].dtype == torch.bfloat16
+    assert (cache.length, cache.batch_size, cache.max_length) == (0, 3, 10)
+
+
+def test_update_writes_after_the_stored_tokens_and_advance_counts_them():
+    cache = KVCache.empty(GemmaConfig.tiny(), batch_size=1, max_length=6)
+    first = torch.randn(1, 1, 2, 16)
+    keys, values = cache.update(0, first, -first)
+    assert torch.equal(keys, first) and torch.equal(values, -first)
+    longer = cache.advance(2)
+    assert (cache.length, longer.length) == (0, 2)  # a new object; the old one is unchanged
+    second = torch.randn(1, 1, 3, 16)
+    keys, _ = longer.update(0, second, second)
+    assert torch.equal(keys, torch.cat([first, second], dim=2))  # (B, K, 5, H)
+    assert not longer.keys[1].any()  # other layers untouched
+
+
+def test_overflow_and_oversized_caches_are_refused():
+    cache = KVCache.empty(GemmaConfig.tiny(), batch_size=1, max_length=4).advance(3)
+    with pytest.raises(ValueError, match="holds 4 tokens; 3 are stored and 2 more do not fit"):
+        cache.update(0, torch.zeros(1, 1, 2, 16), torch.zeros(1, 1, 2, 16))
+    with pytest.raises(ValueError, match=r"max_length \(129\) exceeds the context of max_position_embeddings=128"):
+        KVCache.empty(GemmaConfig.tiny(), batch_size=1, max_length=129)
+
+
+def _decoder(config: GemmaConfig, seed: int) -> GemmaForCausalLM:
+    torch.manual_seed(seed)
+    model = GemmaForCausalLM(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.1)
+    return model.eval()
+
+
+@settings(max_examples=10, deadline=None)
+@given(kv_heads=st.sampled_from([1, 2, 4]), batch=st.integers(1, 3), prompt=st.integers(1, 6),
+       steps=st.integers(1, 5), seed=st.integers(0, 2**16), data=st.data())
+def test_cached_decoding_equals_recomputation(kv_heads, batch, prompt, steps, seed, data):
+    config = GemmaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=kv_heads, head_dim=8, max_position_embeddings=32)
+    model = _decoder(config, seed)
+    length = prompt + steps
+    padding = [data.draw(st.integers(0, prompt - 1)) for _ in range(batch)]
+    attention_mask = torch.stack([(torch.arange(length) >= pad).long() for pad in padding])
+    types = (torch.arange(length) >= prompt).long().expand(batch, length)
+    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)  # as generation counts: from each first real token
+    embeds = torch.randn(batch, length, config.hidden_size, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        full, _, _ = model(embeds, decoder_mask(length, length, attention_mask, types), positions)
+        cache = KVCache.empty(config, batch, length)
+        logits, cache, _ = model(embeds[:, :prompt], decoder_mask(prompt, prompt, attention_mask[:, :prompt],
+                                 types[:, :prompt]), positions[:, :prompt], cache)
+        pieces = [logits]
+        for t in range(prompt, length):
+            mask = decoder_mask(1, t + 1, attention_mask[:, :t + 1], types[:, t:t + 1])
+            logits, cache, _ = model(embeds[:, t:t + 1], mask, positions[:, t:t + 1], cache)
+            pieces.append(logits)
+    assert cache.length == length
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-5)
