@@ -216,6 +216,8 @@ def test_bad_options(model, processor, batch):
         run(model, batch, max_new_tokens=0)
     with pytest.raises(ValueError, match="exceeds the model's context of 128"):
         run(model, batch, max_new_tokens=200)
+    with pytest.raises(TypeError, match="batch must be a ProcessorBatch"):
+        run(model, batch._asdict())
 
 
 def test_processor_from_another_checkpoint_is_refused(model, processor):

@@ -146,6 +146,8 @@ def generate_tokens(
         vocab_size: write only ids below this, the tokenizer's vocabulary. PaliGemma's embedding
             has 63 more rows (257216 vs 257153 ids), padding that no text maps to.
     """
+    if not isinstance(batch, ProcessorBatch):
+        raise TypeError(f"batch must be a ProcessorBatch from PaliGemmaProcessor, got {type(batch).__name__}")
     _check_sampling(max_new_tokens, do_sample, temperature, top_k, top_p)
     config = model.config
     input_ids, attention_mask, token_type_ids = batch.input_ids, batch.attention_mask, batch.token_type_ids
