@@ -246,3 +246,28 @@ def test_config_that_disagrees_with_the_weights_names_every_problem(source, tmp_
 def test_unsupported_dtype_is_refused(source):
     with pytest.raises(ValueError, match="dtype must be torch.float32, torch.bfloat16 or torch.float16"):
         load_model(source, dtype=torch.int8)
+
+
+def test_the_model_is_built_on_the_meta_device_and_filled_from_the_file(source, monkeypatch):
+    import pgemma.checkpoint
+
+    built_on = []
+
+    class Recording(pgemma.checkpoint.PaliGemmaForConditionalGeneration):
+        def __init__(self, *args):
+            super().__init__(*args)
+            built_on.append({p.device.type for p in self.parameters()})
+
+    monkeypatch.setattr(pgemma.checkpoint, "PaliGemmaForConditionalGeneration", Recording)
+    model = load_model(source)
+    assert built_on == [{"meta"}]  # no memory for weights until they are read
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+def test_float64_checkpoint_needs_an_explicit_dtype(source, tmp_path):
+    folder = _rewrite(source, tmp_path / "f64", lambda k: k)
+    tensors = {key: t.double() for key, t in load_file(folder / "model.safetensors").items()}
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"embed_tokens.weight is stored as F64; pass dtype=torch.float32"):
+        load_model(folder)
+    assert load_model(folder, dtype=torch.float32).multi_modal_projector.linear.weight.dtype == torch.float32

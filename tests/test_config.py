@@ -113,6 +113,16 @@ def test_inconsistent_sizes_are_refused():
                         projection_dim=64, image_token_index=255)
 
 
+def test_special_token_ids_may_live_in_text_config():
+    config_json = {**PaliGemmaConfig.tiny().to_hf_dict()}
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        del config_json[key]
+    config_json["text_config"] = {**config_json["text_config"], "pad_token_id": 5, "eos_token_id": 6,
+                                  "bos_token_id": 7}
+    config = PaliGemmaConfig.from_hf_dict(config_json)
+    assert (config.pad_token_id, config.eos_token_id, config.bos_token_id) == (5, 6, 7)
+
+
 def test_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         PaliGemmaConfig.tiny().text_config.hidden_size = 8

@@ -4,7 +4,7 @@ Book chapter: "Loading real checkpoints".
 
 Our parameter names are the hub's, so loading is a rename table (for the other layouts
 transformers has written over the years), a check that every tensor is there with the right shape,
-and a copy. Weights come only from safetensors files: a pickle (``pytorch_model.bin``, ``.pt``)
+and an assignment. Weights come only from safetensors files: a pickle (``pytorch_model.bin``, ``.pt``)
 can run arbitrary code when loaded, so it is refused.
 
 The model is built on the ``meta`` device (shapes, no memory), then each tensor is read from the
@@ -14,6 +14,7 @@ memory-mapped file, cast, moved and assigned in turn: the weights exist once, ne
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 # (prefix in a file, prefix in pgemma); the first match wins.
 KEY_RENAMES = (
@@ -83,6 +85,8 @@ def load_model(
         dtype: float32, bfloat16 or float16; None keeps the checkpoint's (its embedding's) dtype.
         device: where the weights go.
         use_sdpa: use PyTorch's fused attention kernel (see ``attention.attention``).
+    Note: on the CPU, a tensor that needs no cast stays memory-mapped from its file (the operating
+    system reads it in when first used), so do not overwrite the files while the model is in use.
     """
     path = Path(path)
     if path.is_file():
@@ -94,20 +98,18 @@ def load_model(
         raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
     config = load_config(path)
     tensors = _index_tensors(path)  # our name -> (file, key in the file)
-
-    handles = {file: _open(file) for file in {file for file, _ in tensors.values()}}
-
-    with torch.device("meta"):
-        model = PaliGemmaForConditionalGeneration(config, use_sdpa)
-    expected = {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
-    _check_keys(expected, tensors, handles, path)
-
-    if dtype is None:
-        file, key = tensors[EMBED_KEY]
-        dtype = _read(handles, file, key).dtype
-    state = {}
-    for name, (file, key) in tensors.items():
-        state[name] = _read(handles, file, key).to(device=device, dtype=dtype)  # one tensor at a time
+    with ExitStack() as stack:
+        handles = {file: stack.enter_context(_open(file)) for file in {file for file, _ in tensors.values()}}
+        with torch.device("meta"):
+            model = PaliGemmaForConditionalGeneration(config, use_sdpa)
+        expected = {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
+        _check_keys(expected, tensors, handles, path)
+        if dtype is None:
+            file, key = tensors[EMBED_KEY]
+            dtype = _stored_dtype(handles[file], key, file)
+        state = {}
+        for name, (file, key) in tensors.items():
+            state[name] = _read(handles[file], key, file).to(device=device, dtype=dtype)  # one tensor at a time
     head = state.pop(HEAD_KEY, None)
     if head is not None and not torch.equal(head, state[EMBED_KEY]):
         raise ValueError(f"{path}: lm_head.weight differs from embed_tokens.weight; PaliGemma ties them and "
@@ -209,11 +211,18 @@ def _open(file: Path):
         raise ValueError(f"{file}: not a readable safetensors file ({error})") from error
 
 
-def _read(handles: dict[Path, Any], file: Path, key: str) -> torch.Tensor:
+def _read(handle: Any, key: str, file: Path) -> torch.Tensor:
     try:
-        return handles[file].get_tensor(key)
+        return handle.get_tensor(key)
     except (SafetensorError, OSError) as error:
         raise ValueError(f"{file}: cannot read {key!r}, the file may be truncated ({error})") from error
+
+
+def _stored_dtype(handle: Any, key: str, file: Path) -> torch.dtype:
+    stored = handle.get_slice(key).get_dtype()
+    if stored not in SAFETENSORS_DTYPES:
+        raise ValueError(f"{file}: {key} is stored as {stored}; pass dtype=torch.float32 (or bfloat16, float16)")
+    return SAFETENSORS_DTYPES[stored]
 
 
 def _listing(names: list[str], limit: int = 10) -> str:

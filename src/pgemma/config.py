@@ -128,7 +128,7 @@ class PaliGemmaConfig:
 
     @classmethod
     def tiny(cls) -> PaliGemmaConfig:
-        """A few-thousand-parameter model with the real structure (multi-query attention, 16 image tokens)."""
+        """112 thousand parameters with the real structure (multi-query attention, 16 image tokens)."""
         return cls(vision_config=SiglipVisionConfig.tiny(), text_config=GemmaConfig.tiny(),
                    projection_dim=64, image_token_index=255)
 
@@ -146,12 +146,14 @@ class PaliGemmaConfig:
             raise ValueError(f"model_type must be 'paligemma', got {config.get('model_type')!r}")
         text = _text_config_from_hf(config.get("text_config"))
         vision = _vision_config_from_hf(config.get("vision_config"))
-        top = {key: config[key] for key in _HF_PALIGEMMA_DEFAULTS if config.get(key) is not None}
-        # Older files keep the special-token ids in text_config only.
-        for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
-            if key not in top and isinstance(config.get("text_config"), dict) and key in config["text_config"]:
-                top[key] = config["text_config"][key]
-        values = {**_HF_PALIGEMMA_DEFAULTS, **top}
+        # Some files keep the special-token ids in text_config only.
+        text_json = config.get("text_config") or {}
+        values = dict(_HF_PALIGEMMA_DEFAULTS)
+        for key in values:
+            if config.get(key) is not None:
+                values[key] = config[key]
+            elif key.endswith("_token_id") and text_json.get(key) is not None:
+                values[key] = text_json[key]
         _check_types(values, {f.name: f.type for f in fields(cls) if f.name in values}, "config")
         return cls(vision_config=vision, text_config=text, **values)
 
@@ -226,6 +228,8 @@ def _text_config_from_hf(text: dict[str, Any] | None) -> GemmaConfig:
     values = {key: text[key] for key in _HF_GEMMA_CLASS_DEFAULTS if text.get(key) is not None}
     rope = text.get("rope_parameters") or text.get("rope_scaling")
     if rope is not None:
+        if not isinstance(rope, dict):
+            raise TypeError(f"text_config.rope_parameters must be a JSON object, got {rope!r}")
         if rope.get("rope_type", rope.get("type", "default")) != "default":
             raise ValueError(f"text_config: only the default RoPE is supported, got {rope!r}")
         if "rope_theta" in rope:
