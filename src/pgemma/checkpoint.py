@@ -140,7 +140,7 @@ def load_pretrained(
     path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
 ) -> tuple[PaliGemmaForConditionalGeneration, Any]:
     """The model and its processor (tokenizer + image preprocessing) from one checkpoint directory."""
-    from pgemma.processor import load_processor  # the processor chapter comes later; keep imports one-way
+    from pgemma.processor import load_processor  # imported here: the engine never depends on it
 
     return load_model(path, dtype=dtype, device=device), load_processor(path)
 

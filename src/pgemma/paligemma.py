@@ -99,13 +99,15 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         Returns:
             float[B, T, D].
         Note: the image features are divided by sqrt(D) here so that the decoder's sqrt(D) scaling
-        leaves them as the projector made them (big_vision and transformers < 5.4; transformers
-        >= 5.4 scales only the text, the same in float32).
+        leaves them as the projector made them (big_vision, transformers < 5.4). transformers >= 5.4
+        scales only the text embeddings instead: the same up to rounding (about 1e-7 in float32, a
+        few steps in bfloat16, none when sqrt(D) is a power of two).
         """
         merged = text_embeds.clone()
         image_features = image_features / self.config.text_config.hidden_size**0.5
         # Boolean indexing walks the rows in order, so image i fills the i-th block of P <image> slots.
-        merged[input_ids == self.config.image_token_index] = image_features.reshape(-1, merged.shape[-1])
+        image_features = image_features.reshape(-1, merged.shape[-1])  # (B_images*P, D)
+        merged[input_ids == self.config.image_token_index] = image_features
         return merged
 
     def forward(
