@@ -27,9 +27,9 @@ book: install
 	$(BIN)/jupyter-book build . -W --keep-going
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
-# Re-execute the chapters in place (outputs and widget state are saved in the notebooks).
+# Re-execute chapters in place (outputs, timings and widget state are saved): make notebooks [NB=book/x.ipynb]
 notebooks: install
-	$(BIN)/python -m pgemma.tools.execute_notebooks
+	$(BIN)/python -m tools.execute_notebooks $(NB)
 
 clean:
 	rm -rf _build
