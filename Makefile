@@ -5,10 +5,16 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
+# The scripts the book serves itself (widget manager, require.js, MathJax), locked in package-lock.json.
+JS     := node_modules/.package-lock.json
 
 .PHONY: install test test-fast book notebooks clean
 
-install: $(STAMP)
+install: $(STAMP) $(JS)
+
+$(JS): package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

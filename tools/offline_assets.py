@@ -1,0 +1,116 @@
+"""Sphinx extension for the book: pages that work with no network, and a dated intro page.
+
+By default myst-nb loads require.js and the ipywidgets embed manager from CDNs, and Sphinx loads
+MathJax from one: offline, widget areas stay blank and math stays raw TeX. `make book` and
+`make test` run `npm ci`, which installs the versions locked in `package-lock.json` into
+`node_modules/`; this extension copies the files the pages use into the built site, under
+`_static/widgets/` and `_static/mathjax/`, where `_config.yml` points `nb_ipywidgets_js` and
+`mathjax_path`. They never live in a source `_static/` folder, from which Jupyter Book would add
+every script to every page (the widget manager would then run before require.js, on every page).
+
+It also:
+- sets the substitutions `{{ pgemma_version }}` and `{{ build_date }}` used by the intro page
+  (the date honours SOURCE_DATE_EPOCH, for reproducible builds);
+- drops repeated inline scripts from each page: sphinx-thebe and sphinx-togglebutton register
+  theirs twice, and a second `const THEBE_JS_URL` declaration is a JavaScript error on every page.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+from pathlib import Path
+
+from sphinx.application import Sphinx
+from sphinx.config import Config
+from sphinx.errors import ExtensionError
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_MODULES = ROOT / "node_modules"
+# Our own glue between require.js, the widget manager and MathJax 3 (see the file).
+SETUP_SCRIPT = Path(__file__).with_name("widgets-setup.js")
+
+# destination folder under _static/ -> (package folder in node_modules, files or glob patterns)
+ASSETS: dict[str, list[tuple[str, list[str]]]] = {
+    "widgets": [
+        ("requirejs", ["require.js"]),
+        # embed-amd.js bundles the core widgets of ipywidgets 8 (and 7); the fonts are its icons.
+        ("@jupyter-widgets/html-manager/dist", ["embed-amd.js", "*.woff2", "*.woff", "*.ttf", "*.eot", "*.svg"]),
+    ],
+    "mathjax": [
+        # The combined component plus what it loads at run time, relative to its own url:
+        # TeX extensions (autoloaded by macros such as \boldsymbol), fonts, the menu.
+        ("mathjax/es5", ["tex-mml-chtml.js", "input/tex/extensions", "input/mml/extensions",
+                         "output/chtml/fonts/woff-v2", "ui", "a11y"]),
+    ],
+}
+
+
+def asset_sources() -> list[tuple[Path, Path]]:
+    """(file or folder in node_modules, path relative to the built _static/) for every asset."""
+    pairs = [(SETUP_SCRIPT, Path("widgets/setup.js"))]
+    for destination, packages in ASSETS.items():
+        for package, patterns in packages:
+            base = NODE_MODULES / package
+            for pattern in patterns:
+                matches = sorted(base.glob(pattern))
+                if not matches:
+                    raise ExtensionError(
+                        f"offline_assets: {base / pattern} is missing. Run `npm ci` in {ROOT} "
+                        "(`make book` and `make test` do it) to install the book's scripts.")
+                pairs += [(match, Path(destination) / match.relative_to(base)) for match in matches]
+    return pairs
+
+
+def check_assets(app: Sphinx) -> None:
+    asset_sources()  # fail early, with instructions, rather than after writing every page
+
+
+def copy_assets(app: Sphinx, exception: Exception | None) -> None:
+    if exception is not None or app.builder.format != "html":
+        return
+    static = Path(app.builder.outdir) / "_static"
+    for source, relative in asset_sources():
+        target = static / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(source, target)
+
+
+def build_date() -> str:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = (datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc) if epoch
+              else datetime.datetime.now(datetime.timezone.utc))
+    return moment.strftime("%Y-%m-%d")
+
+
+def add_substitutions(app: Sphinx, config: Config) -> None:
+    import pgemma
+
+    substitutions = dict(config.myst_substitutions or {})
+    substitutions.update(pgemma_version=pgemma.__version__, build_date=build_date())
+    config.myst_substitutions = substitutions
+
+
+def drop_repeated_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    scripts = context.get("script_files")
+    if not scripts:
+        return
+    seen, unique = set(), []
+    for script in scripts:
+        key = (script.filename or "", tuple(sorted(script.attributes.items())))  # None and "" alike
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    scripts[:] = unique
+
+
+def setup(app: Sphinx) -> dict:
+    app.connect("config-inited", add_substitutions)
+    app.connect("builder-inited", check_assets)
+    app.connect("html-page-context", drop_repeated_scripts, priority=900)
+    app.connect("build-finished", copy_assets)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
