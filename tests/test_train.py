@@ -115,7 +115,7 @@ def test_patch_labels_follow_the_drawn_shapes():
         centre = ((y0 + y1) // 2 // 8) * 8 + (x0 + x1) // 2 // 8  # the patch holding the centre
         assert kinds[centre] == world.kinds.index(shape.kind) + 1
         torch.testing.assert_close(boxes[centre], torch.tensor(shape.box, dtype=torch.float32) / 64)
-        assert (kinds > 0).sum() <= sum((s.box[2] - s.box[0]) * (s.box[3] - s.box[1]) for s in ex.scene.shapes) / 32
+        assert (kinds > 0).sum() <= sum((s.box[2] - s.box[0]) * (s.box[3] - s.box[1]) for s in ex.scene.shapes) / 8
 
 
 def test_stage0_loss_runs_on_the_tower(tokenizer):

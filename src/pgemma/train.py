@@ -36,7 +36,9 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from pgemma.checkpoint import save_pretrained
 from pgemma.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
+from pgemma.generate import generate
 from pgemma.paligemma import PaliGemmaForConditionalGeneration, PaliGemmaOutput
 from pgemma.processor import PaliGemmaProcessor, ProcessorBatch
 from pgemma.tokenizer import PaliGemmaTokenizer, train_tokenizer
@@ -74,6 +76,7 @@ class StageConfig:
     schedule: str = "cosine"  # or "constant" after the warmup
     weight_decay: float = 0.01
     one_shape_steps: int = 0  # curriculum: scenes of a single shape for the first steps
+    slow_warmup: int = 0  # stage 1: the pretrained vision tower's longer warmup (PaliGemma, section 3.2.2)
     checkpoint_every: int = 100
     eval_every: int = 0  # 0: no evaluation during the stage
     seed: int = 0
@@ -91,6 +94,14 @@ class Recipe:
     stage1: StageConfig = StageConfig(steps=6000)
     patch_label_weight: float = 1.0  # stage 0: per-patch colour, kind and box losses (0: captions only)
     smooth_loc_init: bool = True  # neighbouring <loc> bins start with similar embeddings
+
+    @classmethod
+    def shipped(cls) -> "Recipe":
+        """The recipe of the model that ships with pgemma (see the chapter for how it was found)."""
+        return cls(world=WorldConfig(min_side=16, max_side=28),
+                   model=ModelSize(text_width=128, head_dim=32, patch_size=16),
+                   stage0=StageConfig(steps=2000, lr=1e-3, eval_every=500),
+                   stage1=StageConfig(steps=10000, lr=2e-3, warmup=200, slow_warmup=1000, eval_every=1000))
 
     @classmethod
     def tiny(cls) -> "Recipe":
@@ -183,7 +194,10 @@ def init_loc_embeddings(model: PaliGemmaForConditionalGeneration, tokenizer: Pal
 
 
 def patch_labels(examples: list[Example], world: WorldConfig, patch: int) -> tuple[torch.Tensor, ...]:
-    """Per-patch targets: which colour and kind cover most of each patch, and that shape's box.
+    """Per-patch targets: the colour and kind of the shape covering most of a patch, and its box.
+
+    A patch counts as part of a shape when the shape covers at least 1/8 of it: with large
+    patches a small shape may cover no patch by a majority, and would otherwise get no label.
 
     Returns:
         colour: int[B, P] and kind: int[B, P], the index in `world.colours` / `world.kinds`
@@ -199,7 +213,8 @@ def patch_labels(examples: list[Example], world: WorldConfig, patch: int) -> tup
             owner[(pixels == np.array(shape.rgb)).all(-1)] = i + 1
         side = size // patch
         votes = owner.reshape(side, patch, side, patch).transpose(0, 2, 1, 3).reshape(side * side, -1)
-        major = (votes[..., None] == np.arange(len(shapes) + 1)).sum(1).argmax(-1)  # (P,)
+        cover = (votes[..., None] == np.arange(1, len(shapes) + 1)).sum(1)  # (P, shapes): pixels of each
+        major = np.where(cover.max(-1) * 8 >= patch * patch, cover.argmax(-1) + 1, 0)  # (P,)
         colours.append(np.array([0] + [world.colours.index(s.colour) + 1 for s in shapes])[major])
         kinds.append(np.array([0] + [world.kinds.index(s.kind) + 1 for s in shapes])[major])
         boxes.append((np.array([[0] * 4] + [s.box for s in shapes], dtype=np.float32) / size)[major])
@@ -243,8 +258,8 @@ class TowerPretrainer(nn.Module):
         x = (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)  # (B, E), mean over real tokens
         return F.normalize(x, dim=-1)
 
-    def loss(self, examples: list[Example], tokenizer: PaliGemmaTokenizer, world: WorldConfig,
-             patch: int, patch_label_weight: float) -> torch.Tensor:
+    def embed(self, examples: list[Example], tokenizer: PaliGemmaTokenizer) -> tuple[torch.Tensor, ...]:
+        """Patch features float[B, P, Dv], image and caption embeddings float[B, E]."""
         pixels = torch.stack([torch.from_numpy(np.asarray(ex.image, dtype=np.float32)) for ex in examples])
         pixels = pixels.permute(0, 3, 1, 2) / 127.5 - 1  # (B, C, I, I) in [-1, 1], as the processor does
         features = self.tower(pixels)[0]  # (B, P, Dv)
@@ -253,7 +268,12 @@ class TowerPretrainer(nn.Module):
         ids = torch.full((len(captions), max(map(len, captions))), tokenizer.pad_id)  # (B, T)
         for row, tokens in zip(ids, captions):
             row[:len(tokens)] = torch.tensor(tokens)
-        loss = sigmoid_loss(image_emb, self.encode_text(ids, tokenizer.pad_id), self.log_t, self.bias)
+        return features, image_emb, self.encode_text(ids, tokenizer.pad_id)
+
+    def loss(self, examples: list[Example], tokenizer: PaliGemmaTokenizer, world: WorldConfig,
+             patch: int, patch_label_weight: float) -> torch.Tensor:
+        features, image_emb, text_emb = self.embed(examples, tokenizer)
+        loss = sigmoid_loss(image_emb, text_emb, self.log_t, self.bias)
         if patch_label_weight:
             colour, kind, box = patch_labels(examples, world, patch)  # (B, P), (B, P), (B, P, 4)
             on_shape = (kind > 0).float()  # (B, P)
@@ -263,6 +283,25 @@ class TowerPretrainer(nn.Module):
                 + F.cross_entropy(self.kind_head(features).flatten(0, 1), kind.flatten())
                 + 10 * (box_error * on_shape).sum() / on_shape.sum().clamp(min=1))  # 10: errors are ~0.05
         return loss
+
+    @torch.no_grad()
+    def evaluate(self, tokenizer: PaliGemmaTokenizer, world: WorldConfig, patch: int,
+                 num_scenes: int = 200) -> dict[str, float]:
+        """Held-out image-to-caption retrieval among `num_scenes` (1- and 2-shape scenes apart),
+        and how well the patch heads read kinds and boxes (the box error in pixels)."""
+        seeds = [seed for _, seed in zip(range(num_scenes), split_seeds("heldout"))]
+        examples = [example(seed, world) for seed in seeds]
+        features, image_emb, text_emb = self.embed(examples, tokenizer)
+        texts = [caption(ex.scene) for ex in examples]  # small worlds repeat captions: compare the text
+        hit = torch.tensor([texts[j] == text for j, text in zip((image_emb @ text_emb.T).argmax(1).tolist(), texts)])
+        shapes = torch.tensor([len(ex.scene.shapes) for ex in examples])
+        _, kind, box = patch_labels(examples, world, patch)
+        on_shape = kind > 0
+        box_error = (self.box_head(features).sigmoid() - box).abs().mean(-1)[on_shape] * world.image_size
+        return {"retrieval_1": hit[shapes == 1].float().mean().item(),
+                "retrieval_2": hit[shapes == 2].float().mean().item(),
+                "patch_kind": (self.kind_head(features).argmax(-1) == kind).float().mean().item(),
+                "box_error_px": box_error.mean().item()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,33 +356,41 @@ def load_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer) 
 # The training loop, shared by both stages
 
 
-def lr_at(step: int, cfg: StageConfig) -> float:
-    """Linear warmup, then constant, or cosine decay to 0 at `cfg.steps`."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
+def lr_at(step: int, cfg: StageConfig, warmup: int | None = None) -> float:
+    """Linear warmup (over `warmup` steps, default `cfg.warmup`), then constant, or cosine to 0."""
+    warmup = cfg.warmup if warmup is None else warmup
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
     if cfg.schedule == "constant":
         return cfg.lr
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(module: nn.Module, cfg: StageConfig) -> torch.optim.AdamW:
-    """AdamW, with no weight decay on 1-d parameters (norms, biases, scalars)."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    return torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                             lr=cfg.lr, betas=(0.9, 0.98))
+def make_optimizer(module: nn.Module, cfg: StageConfig, slow: nn.Module | None = None) -> torch.optim.AdamW:
+    """AdamW, with no weight decay on 1-d parameters (norms, biases, scalars).
+
+    The parameters of `slow` (stage 1: the pretrained vision tower) warm up over
+    `cfg.slow_warmup` steps, so the first gradients of a random decoder do not wreck them.
+    """
+    slow_ids = {id(p) for p in slow.parameters()} if slow is not None else set()
+    groups = []
+    for warmup, is_slow in ((cfg.warmup, False), (max(cfg.warmup, cfg.slow_warmup), True)):
+        params = [p for p in module.parameters() if p.requires_grad and (id(p) in slow_ids) == is_slow]
+        groups += [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay, "warmup": warmup},
+                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "warmup": warmup}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
 
 
 def train_loop(name: str, module: nn.Module, loss_fn: Callable[[int], torch.Tensor], cfg: StageConfig,
-               checkpoint: Path, on_eval: Callable[[], dict] | None = None) -> list[dict]:
+               checkpoint: Path, on_eval: Callable[[], dict] | None = None, slow: nn.Module | None = None) -> list[dict]:
     """Run `cfg.steps` AdamW steps on `loss_fn(step)`, resuming from `checkpoint` if it exists.
 
     `loss_fn` draws its batch from the step number alone, so a resumed run sees the same data.
     Returns the evaluation curve: a list of {"step": ..., **on_eval()} (kept in the checkpoint).
     """
     torch.manual_seed(cfg.seed)
-    optimizer = make_optimizer(module, cfg)
+    optimizer = make_optimizer(module, cfg, slow)
     step, curve = 0, []
     if checkpoint.exists():
         step, info = load_state(checkpoint, module, optimizer)
@@ -352,7 +399,7 @@ def train_loop(name: str, module: nn.Module, loss_fn: Callable[[int], torch.Tens
     bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc=name)
     for step in bar:
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = lr_at(step, cfg, group["warmup"])
         loss = loss_fn(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -379,7 +426,7 @@ def training_examples(step: int, world: WorldConfig, cfg: StageConfig, stage: in
 
 
 def pretrain_vision(model: PaliGemmaForConditionalGeneration, tokenizer: PaliGemmaTokenizer, recipe: Recipe,
-                    checkpoint: Path, on_eval: Callable[[], dict] | None = None) -> list[dict]:
+                    checkpoint: Path) -> list[dict]:
     """Stage 0: the sigmoid loss on image-caption pairs, plus per-patch labels, for the tower only."""
     pretrainer = TowerPretrainer(model.vision_tower, recipe.world, tokenizer.vocab_size,
                                  model.config.vision_config.hidden_size)
@@ -387,6 +434,9 @@ def pretrain_vision(model: PaliGemmaForConditionalGeneration, tokenizer: PaliGem
     def loss_fn(step: int) -> torch.Tensor:
         examples = training_examples(step, recipe.world, recipe.stage0, stage=0)
         return pretrainer.loss(examples, tokenizer, recipe.world, recipe.model.patch_size, recipe.patch_label_weight)
+
+    def on_eval() -> dict[str, float]:
+        return pretrainer.evaluate(tokenizer, recipe.world, recipe.model.patch_size)
 
     return train_loop("stage 0", pretrainer, loss_fn, recipe.stage0, checkpoint, on_eval)
 
@@ -399,32 +449,11 @@ def train_prefix_lm(model: PaliGemmaForConditionalGeneration, processor: PaliGem
         batch = process(processor, training_examples(step, recipe.world, recipe.stage1, stage=1))
         return forward(model, batch, labels=batch.labels).loss
 
-    return train_loop("stage 1", model, loss_fn, recipe.stage1, checkpoint, on_eval)
+    return train_loop("stage 1", model, loss_fn, recipe.stage1, checkpoint, on_eval, slow=model.vision_tower)
 
 
 # ----------------------------------------------------------------------------------------------
 # Evaluation
-
-
-@torch.no_grad()
-def greedy_answers(model: PaliGemmaForConditionalGeneration, processor: PaliGemmaProcessor,
-                   examples: list[Example], max_new_tokens: int = 24) -> list[str]:
-    """Greedy decoding without a cache (the model is small): each step re-reads the whole prompt."""
-    batch = process(processor, examples, with_answers=False)
-    ids, attention, types = batch.input_ids, batch.attention_mask, batch.token_type_ids  # (B, T)
-    eos, pad = processor.tokenizer.eos_id, processor.tokenizer.pad_id
-    finished = torch.zeros(len(examples), dtype=torch.bool)
-    for _ in range(max_new_tokens):
-        logits = model(ids, pixel_values=batch.pixel_values, attention_mask=attention, token_type_ids=types).logits
-        token = torch.where(finished, pad, logits[:, -1].argmax(-1))  # (B,)
-        ids = torch.cat([ids, token[:, None]], dim=1)
-        attention = torch.cat([attention, (~finished).long()[:, None]], dim=1)
-        types = torch.cat([types, torch.ones_like(token)[:, None]], dim=1)  # generated = suffix
-        finished |= token == eos
-        if finished.all():
-            break
-    new = ids[:, batch.input_ids.shape[1]:].tolist()
-    return [processor.decode([t for t in row if t != pad]) for row in new]
 
 
 @torch.no_grad()
@@ -434,7 +463,8 @@ def evaluate(model: PaliGemmaForConditionalGeneration, processor: PaliGemmaProce
 
     Exact match uses teacher forcing: a greedy answer equals the target exactly when the argmax
     at every answer position, <eos> included, is the target token, so this is the number
-    generation would give, for one forward pass. Boxes come from greedy generation (or, with
+    generation would give, for one forward pass. Boxes come from greedy generation with the KV
+    cache (or, with
     `generate_boxes=False`, from the teacher-forced argmax: cheaper, a little optimistic).
     An object that the answer does not name counts as IoU 0.
     """
@@ -454,7 +484,7 @@ def evaluate(model: PaliGemmaForConditionalGeneration, processor: PaliGemmaProce
             if task != "detect":
                 continue
             if generate_boxes:
-                answers = greedy_answers(model, processor, examples)
+                answers = generate(model, processor, [ex.image for ex in examples], [ex.prefix for ex in examples])
             else:
                 answers = [processor.decode(p[m].tolist()) for p, m in zip(predicted, scored)]
             for ex, answer in zip(examples, answers):
@@ -486,5 +516,33 @@ def run(recipe: Recipe, out: Path, eval_scenes: int = 300, curve_scenes: int = 1
         model, processor, recipe, out / "stage1.safetensors",
         on_eval=lambda: evaluate(model, processor, recipe.world, curve_scenes, generate_boxes=False))
     final = evaluate(model, processor, recipe.world, eval_scenes)
+    export(model, tokenizer, out / "model")
     (out / "curves.json").write_text(json.dumps({"recipe": asdict(recipe), **curves, "final": final}, indent=2))
     return final
+
+
+def export(model: PaliGemmaForConditionalGeneration, tokenizer: PaliGemmaTokenizer, folder: Path) -> None:
+    """Write a checkpoint folder in the hub layout (pgemma and transformers both load it)."""
+    save_pretrained(model, folder)
+    tokenizer.save_pretrained(folder)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pgemma.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, curves.json, model/")
+    parser.add_argument("--recipe", choices=["shipped", "tiny"], default="shipped")
+    parser.add_argument("--eval-scenes", type=int, default=300, help="held-out scenes for the final evaluation")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = Recipe.shipped() if args.recipe == "shipped" else Recipe.tiny()
+    final = run(recipe, args.out, args.eval_scenes)
+    print(f"held-out scenes: {args.eval_scenes}")
+    for name, value in final.items():
+        print(f"  {name:14s} {value:.3f}")
+    print(f"model written to {args.out / 'model'}")
+
+
+if __name__ == "__main__":
+    main()
