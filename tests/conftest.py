@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import torch
 
 from pgemma.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
+from tools.book import ROOT
 
 # Multi-query (the real model's structure), grouped-query and multi-head attention, with different
 # image and patch sizes, and widths whose square root is not a power of two (so that scaling by
@@ -102,3 +105,13 @@ def random_model(config: PaliGemmaConfig, seed: int = 0, use_sdpa: bool = False)
         for param in model.parameters():
             param.normal_(0.0, 0.1)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def built_book() -> Path:
+    """Build the book once per test session (warnings are errors) into _build/html."""
+    jupyter_book = Path(sys.executable).with_name("jupyter-book")
+    result = subprocess.run([str(jupyter_book), "build", str(ROOT), "-W", "--keep-going"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, f"jupyter-book build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return ROOT / "_build" / "html"

@@ -1,25 +1,13 @@
 """The whole book builds with Jupyter Book, warnings as errors, and every page shows its figures."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tools.book import ROOT, chapter_files
 
-HTML = ROOT / "_build" / "html"
-
-
-@pytest.fixture(scope="session")
-def built_book() -> Path:
-    """Build the book once per test session into _build/html."""
-    jupyter_book = Path(sys.executable).with_name("jupyter-book")
-    result = subprocess.run([str(jupyter_book), "build", str(ROOT), "-W", "--keep-going"],
-                            capture_output=True, text=True, cwd=ROOT)
-    assert result.returncode == 0, f"jupyter-book build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return HTML
+HTML = ROOT / "_build" / "html"  # the session fixture built_book (tests/conftest.py) builds it
 
 
 def page_of(path: Path) -> Path:
