@@ -43,15 +43,19 @@ class SiglipAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, return_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """float[B, P, D] -> float[B, P, D]; with ``return_weights`` also float[B, N, P, P] (rows sum to 1)."""
         batch, length, _ = x.shape
         heads = (batch, length, self.num_heads, self.head_dim)
         q = self.q_proj(x).view(heads).transpose(1, 2)  # (B, N, P, H)
         k = self.k_proj(x).view(heads).transpose(1, 2)  # (B, N, P, H)
         v = self.v_proj(x).view(heads).transpose(1, 2)  # (B, N, P, H)
-        out = attention(q, k, v, use_sdpa=self.use_sdpa)  # (B, N, P, H)
-        out = out.transpose(1, 2).reshape(batch, length, -1)  # (B, P, N*H)
-        return self.out_proj(out)
+        if return_weights:
+            out, weights = attention(q, k, v, return_weights=True)  # (B, N, P, H), (B, N, P, P)
+        else:
+            out = attention(q, k, v, use_sdpa=self.use_sdpa)  # (B, N, P, H)
+        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, -1))  # (B, P, D)
+        return (out, weights) if return_weights else out
 
 
 class SiglipMLP(nn.Module):

@@ -1,0 +1,74 @@
+"""Receptive fields measured by gradients: which input pixels can change one output.
+
+Book chapter: "CNN vs ViT". A convolution's output pixel depends on a small window of its input,
+and stacking layers widens the window step by step; a vision transformer's patch depends on every
+pixel of the image after one attention layer. Both are measured the same way here: the gradient of
+one output with respect to the input image is non-zero exactly where the output can be changed.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from pgemma.siglip import SiglipVisionTransformer
+
+
+def make_cnn(num_layers: int, channels: int = 8, kernel_size: int = 3, in_channels: int = 3) -> nn.Sequential:
+    """A stack of ``num_layers`` (Conv2d, GELU) pairs that keep the image size (stride 1, same padding).
+
+    Layer l is ``cnn[: 2 * l]``. GELU rather than ReLU, so that no gradient is exactly zero by
+    accident and the measured receptive field is the whole window the convolutions allow.
+    """
+    if num_layers < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"need num_layers >= 1 and an odd kernel_size, got {num_layers} and {kernel_size}")
+    layers: list[nn.Module] = []
+    for index in range(num_layers):
+        layers.append(nn.Conv2d(in_channels if index == 0 else channels, channels, kernel_size,
+                                padding=kernel_size // 2))
+        layers.append(nn.GELU())
+    return nn.Sequential(*layers)
+
+
+def input_gradient(image: torch.Tensor, output: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """How strongly each pixel moves ``output(image).sum()``: |gradient| summed over channels.
+
+    Args:
+        image: float[1, C, H, W].
+        output: maps the image to the activations of interest (any shape).
+    Returns:
+        float[H, W], zero exactly at the pixels the output does not depend on.
+    """
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise ValueError(f"expected one image of shape (1, C, H, W), got {tuple(image.shape)}")
+    pixels = image.detach().clone().requires_grad_(True)
+    output(pixels).sum().backward()
+    return pixels.grad.abs().sum(dim=(0, 1))  # (H, W)
+
+
+def cnn_receptive_field(cnn: nn.Sequential, image: torch.Tensor, layer: int, row: int, col: int) -> torch.Tensor:
+    """float[H, W]: the pixels that move output pixel (``row``, ``col``) after ``layer`` conv layers."""
+    if not 1 <= layer <= len(cnn) // 2:
+        raise ValueError(f"layer must be in 1..{len(cnn) // 2}, got {layer}")
+    return input_gradient(image, lambda x: cnn[: 2 * layer](x)[0, :, row, col])
+
+
+def vit_receptive_field(vit: SiglipVisionTransformer, image: torch.Tensor, layer: int, patch: int) -> torch.Tensor:
+    """float[H, W]: the pixels that move patch ``patch`` after ``layer`` encoder layers (0: embeddings)."""
+    if not 0 <= layer <= len(vit.encoder.layers):
+        raise ValueError(f"layer must be in 0..{len(vit.encoder.layers)}, got {layer}")
+    return input_gradient(image, lambda x: vit(x)[1][layer][0, patch])
+
+
+def vit_attention(vit: SiglipVisionTransformer, image: torch.Tensor, layer: int, patch: int) -> torch.Tensor:
+    """float[P]: how much patch ``patch`` attends to each patch in encoder layer ``layer`` (1-based).
+
+    The weights are averaged over the heads; they sum to 1.
+    """
+    if not 1 <= layer <= len(vit.encoder.layers):
+        raise ValueError(f"layer must be in 1..{len(vit.encoder.layers)}, got {layer}")
+    block = vit.encoder.layers[layer - 1]
+    with torch.no_grad():
+        hidden = vit(image)[1][layer - 1]  # (B, P, D), the input of this layer
+        _, weights = block.self_attn(block.layer_norm1(hidden), return_weights=True)  # (B, N, P, P)
+    return weights[0, :, patch].mean(dim=0)  # (P,)
