@@ -66,7 +66,7 @@ def plot_channel_planes(pixel_values: torch.Tensor) -> Figure:
         ax.set_title(f"pixel_values[{index}] ({name}), mean {pixel_values[index].mean():+.2f}")
         ax.axis("off")
     figure.suptitle(f"channels first: shape {tuple(pixel_values.shape)}", fontsize=11)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.93))  # room for the suptitle
     return figure
 
 
