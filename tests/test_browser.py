@@ -42,6 +42,7 @@ TIMEOUT_MS = 30_000
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 SLIDERS = ".widget-slider, .jupyter-widget-slider"
+CORE_MODULES = {"@jupyter-widgets/base", "@jupyter-widgets/controls", "@jupyter-widgets/output"}
 LAUNCH_HOSTS = {"colab": "https://colab.research.google.com/github/", "binder": "https://mybinder.org/v2/gh/"}
 
 SOURCES = chapter_files()
@@ -117,14 +118,16 @@ def browser():
         chromium.close()
 
 
+def saved_models(page_html: str) -> list[dict]:
+    """Every widget model in a page's embedded widget state."""
+    blocks = re.findall(rf'<script type="{re.escape(WIDGET_STATE)}">(.*?)</script>', page_html, re.S)
+    return [model for block in blocks for model in json.loads(html.unescape(block))["state"].values()]
+
+
 def saved_widgets(page_html: str) -> tuple[int, int]:
-    """(widget views, slider models) saved in a page's embedded widget state."""
-    views = page_html.count(f'type="{WIDGET_VIEW}"')
-    sliders = 0
-    for block in re.findall(rf'<script type="{re.escape(WIDGET_STATE)}">(.*?)</script>', page_html, re.S):
-        state = json.loads(html.unescape(block))["state"]
-        sliders += sum(model["model_name"].endswith("SliderModel") for model in state.values())
-    return views, sliders
+    """(widget views, slider models) saved in a page."""
+    sliders = sum(model["model_name"].endswith("SliderModel") for model in saved_models(page_html))
+    return page_html.count(f'type="{WIDGET_VIEW}"'), sliders
 
 
 def browse(browser, site: str, built_book: Path, page_path: str) -> Visit:
@@ -232,6 +235,13 @@ def test_mathjax_typesets_every_formula(visit, page_path):
     assert seen.math_errors == 0, f"{page_path}: {seen.math_errors} TeX errors"
     if PAGES[page_path].suffix == ".ipynb":
         assert seen.math > 0, f"{page_path}: a chapter explains its idea with math, and this one has none"
+
+
+@pytest.mark.parametrize("page_path", NOTEBOOK_PAGES)
+def test_widgets_are_core_widgets(built_book, page_path):
+    """The book ships only the core widget modules; they exist in ipywidgets 7.7 (Colab) and 8."""
+    modules = {model["model_module"] for model in saved_models((built_book / page_path).read_text())}
+    assert modules <= CORE_MODULES, f"{page_path}: widgets from {modules - CORE_MODULES}"
 
 
 @pytest.mark.parametrize("page_path", NOTEBOOK_PAGES)
