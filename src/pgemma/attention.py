@@ -53,12 +53,13 @@ def attention(
     gets uniform weights over all keys on the explicit path, exactly like transformers' eager path;
     SDPA returns zeros there. Such rows are padding and never read by real tokens.
     """
-    n_rep = q.shape[1] // k.shape[1]
-    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, N, S, H)
     if use_sdpa:
         if return_weights:
             raise ValueError("return_weights=True needs the explicit path (use_sdpa=False)")
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # enable_gqa: the kernel reads each kv head for its G query heads, without copying it G times.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    n_rep = q.shape[1] // k.shape[1]
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, N, S, H)
     scale = q.shape[-1] ** -0.5
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, N, T, S)
     if mask is not None:

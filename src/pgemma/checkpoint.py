@@ -14,13 +14,15 @@ memory-mapped file, cast, moved and assigned in turn: the weights exist once, ne
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch import nn
 
 from pgemma.config import PaliGemmaConfig
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
@@ -100,7 +102,7 @@ def load_model(
     tensors = _index_tensors(path)  # our name -> (file, key in the file)
     with ExitStack() as stack:
         handles = {file: stack.enter_context(_open(file)) for file in {file for file, _ in tensors.values()}}
-        with torch.device("meta"):
+        with torch.device("meta"), _without_init():
             model = PaliGemmaForConditionalGeneration(config, use_sdpa)
         expected = {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
         _check_keys(expected, tensors, handles, path)
@@ -202,6 +204,21 @@ def _check_keys(
             problems.append(f"{key} in {file.name} has shape {shape}, the config needs {expected[name]}")
     if problems:
         raise ValueError(f"{path}: checkpoint does not match config.json:\n  " + "\n  ".join(problems))
+
+
+@contextmanager
+def _without_init() -> Iterator[None]:
+    """Build modules without drawing their random initial weights: the checkpoint replaces them all.
+
+    On the meta device drawing computes nothing, but ``nn.Embedding``'s ``normal_`` has no meta
+    kernel: the first call imports PyTorch's Python reference kernels, seconds and tens of MB.
+    """
+    normal = nn.init.normal_
+    nn.init.normal_ = lambda tensor, *args, **kwargs: tensor
+    try:
+        yield
+    finally:
+        nn.init.normal_ = normal
 
 
 def _open(file: Path):
