@@ -112,6 +112,10 @@ def decoder_mask(
     Returns:
         bool[B, 1, T, S]; the 1 broadcasts over heads.
     """
+    if query_length == 1 and attention_mask is not None:
+        # One new token after the cache (a decode step) is the last token: causal and prefix-LM
+        # rules both let it see every key, so only padding is masked.
+        return padding_mask(attention_mask)[:, None, None, :]  # (B, 1, 1, S)
     if token_type_ids is not None:
         mask = prefix_lm_mask(token_type_ids, key_length)  # (B, T, S)
     else:
