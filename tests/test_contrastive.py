@@ -87,7 +87,7 @@ def test_chunked_loss_peak_memory_grows_slower_than_plain():
     chunked = peak_memory(lambda: loss_and_grads(lambda *a: chunked_sigmoid_loss(*a, chunk_size=16), image, text))
     matrix = 256 * 256 * 4  # one float32 B x B matrix
     assert plain >= 2 * matrix  # logits and more are alive at once
-    assert chunked < matrix / 2  # a few B x 16 blocks and the embeddings
+    assert chunked < plain / 5  # a few B x 16 blocks and the embeddings
 
 
 def test_peak_memory_counts_live_tensors_and_ignores_views():
