@@ -59,3 +59,15 @@ def test_matches_transformers_gemma(kv_heads):
         logits, _, _ = ours(ours.model.embed_tokens(ids), decoder_mask(9, 9, attention_mask),
                             torch.arange(9).expand(2, 9))
     assert (logits - reference).abs().max() <= 1e-5
+
+
+def test_logits_to_keep_applies_the_head_to_the_last_positions_only():
+    config = GemmaConfig.tiny()
+    model = _random_decoder(config)
+    embeds = torch.randn(2, 5, config.hidden_size)
+    mask, positions = decoder_mask(5, 5, batch_size=2), torch.arange(5).expand(2, 5)
+    with torch.no_grad():
+        every, _, _ = model(embeds, mask, positions)
+        last, _, _ = model(embeds, mask, positions, logits_to_keep=1)
+    assert last.shape == (2, 1, config.vocab_size)
+    torch.testing.assert_close(last, every[:, -1:])

@@ -124,8 +124,10 @@ class EndsRowZero(nn.Module):
         self.language_model = model.language_model
         self.prompt_length, self.after = prompt_length, after
 
-    def forward(self, input_ids, pixel_values, attention_mask, token_type_ids, position_ids, kv_cache):
-        output = self.model(input_ids, pixel_values, attention_mask, token_type_ids, position_ids, kv_cache)
+    def forward(self, input_ids, pixel_values, attention_mask, token_type_ids, position_ids, kv_cache,
+                logits_to_keep=None):
+        output = self.model(input_ids, pixel_values, attention_mask, token_type_ids, position_ids, kv_cache,
+                            logits_to_keep=logits_to_keep)
         if attention_mask.shape[1] >= self.prompt_length + self.after:
             output.logits[0, -1, self.config.eos_token_id] = 1e4
         return output

@@ -151,7 +151,14 @@ class GemmaForCausalLM(nn.Module):
         mask: torch.Tensor,
         position_ids: torch.Tensor,
         kv_cache: KVCache | None = None,
+        logits_to_keep: int | None = None,
     ) -> tuple[torch.Tensor, KVCache | None, list[torch.Tensor]]:
-        """As ``GemmaModel.forward``, but returns logits float[B, T, V] in place of the final states."""
+        """As ``GemmaModel.forward``, but returns logits float[B, T, V] in place of the final states.
+
+        ``logits_to_keep=n`` applies the output head to the last n positions only (logits
+        float[B, n, V]): generation needs the last one, and the head is a V x D matrix product.
+        """
         x, kv_cache, hidden_states = self.model(inputs_embeds, mask, position_ids, kv_cache)
+        if logits_to_keep is not None:
+            x = x[:, -logits_to_keep:]  # (B, n, D)
         return self.lm_head(x), kv_cache, hidden_states

@@ -120,7 +120,8 @@ def _forward(
     # inference_mode (no_grad, minus the bookkeeping autograd would need later: cheaper per
     # operation) sits on each call, not around the loop: a generator suspended inside a
     # `with torch.inference_mode()` block would leak it into the caller's code between tokens.
-    return model(input_ids, pixel_values, attention_mask, token_type_ids, position_ids, kv_cache)
+    # Only the last position's logits choose the next token: skip the output head everywhere else.
+    return model(input_ids, pixel_values, attention_mask, token_type_ids, position_ids, kv_cache, logits_to_keep=1)
 
 
 def generate_tokens(

@@ -120,12 +120,14 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         kv_cache: KVCache | None = None,
         labels: torch.Tensor | None = None,
         output_hidden_states: bool = False,
+        logits_to_keep: int | None = None,
     ) -> PaliGemmaOutput:
         """Logits for every input position (see the module docstring for the arguments).
 
         Prefill: pass the whole prompt with ``pixel_values`` and an empty cache
         (``KVCache.empty``). Decode: pass the new token(s) with the returned cache and an
-        ``attention_mask`` covering cached + new tokens.
+        ``attention_mask`` covering cached + new tokens. ``logits_to_keep=1`` returns the logits
+        of the last position only, float[B, 1, V] (what generation reads; not with ``labels``).
         Note: without ``token_type_ids`` attention is causal everywhere, as in transformers. With a
         cache, ``token_type_ids`` apply to the new tokens (transformers ignores them after the first
         step; identical for one new token per row).
@@ -145,7 +147,10 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         position_ids = position_ids.expand(batch, length)  # (B, T)
         mask = decoder_mask(length, cache_length + length, attention_mask, token_type_ids, batch,
                             input_ids.device)  # (B, 1, T, S)
-        logits, kv_cache, decoder_states = self.language_model(inputs_embeds, mask, position_ids, kv_cache)
+        if labels is not None and logits_to_keep is not None:
+            raise ValueError("the loss needs the logits of every position: pass logits_to_keep=None with labels")
+        logits, kv_cache, decoder_states = self.language_model(inputs_embeds, mask, position_ids, kv_cache,
+                                                               logits_to_keep)
         loss = None
         if labels is not None:
             # Position t predicts token t + 1: drop the last logit and the first label.
