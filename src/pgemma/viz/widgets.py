@@ -31,7 +31,9 @@ def interactive_figure(draw: Callable[..., Figure], **controls: widgets.ValueWid
         plt.close(figure)  # shown once, in the widget's output area
 
     figure_area = widgets.interactive_output(redraw, controls)
-    return widgets.VBox([widgets.HBox(list(controls.values())), figure_area])
+    # Controls wrap onto several rows rather than squeezing each slider to its handle.
+    control_row = widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap"))
+    return widgets.VBox([control_row, figure_area])
 
 
 def int_slider(description: str, value: int, low: int, high: int, step: int = 1) -> widgets.IntSlider:
