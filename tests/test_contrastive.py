@@ -163,3 +163,22 @@ def test_text_tower_gives_one_unit_vector_per_caption():
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(4))
     with pytest.raises(ValueError, match="max_length"):
         tower(torch.zeros(1, 11, dtype=torch.long))
+
+
+def test_figures_draw_and_the_sigmoid_pairs_title_is_the_loss():
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from pgemma.viz import contrastive as viz
+    image, text = embeddings(6)
+    similarity = image @ text.T  # (B, B)
+    figure = viz.plot_sigmoid_pairs(similarity, temperature=10.0, bias=-10.0)
+    expected = sigmoid_loss(image, text, torch.tensor(math.log(10.0)), torch.tensor(-10.0)).item()
+    assert figure.axes[1].get_title() == f"loss = {expected:.2f}"  # axes: probabilities, loss bars, colorbar
+    figures = [figure, viz.plot_similarity_matrix(similarity, [f"c{i}" for i in range(6)]),
+               viz.plot_softmax_directions(similarity * 5),
+               viz.plot_cost_vs_batch([1, 2], {"a": [1.0, 4.0]}, ylabel="bytes", title="t"),
+               viz.plot_retrieval([8, 32], {"softmax": [0.1, 0.2], "sigmoid": [0.2, 0.3]}, chance=0.05),
+               viz.plot_attention_pooling(torch.zeros(3, 32, 32), torch.rand(2, 16), patch_size=8)]
+    for figure in figures:
+        assert figure.axes
+        matplotlib.pyplot.close(figure)
