@@ -7,6 +7,8 @@ from matplotlib.figure import Figure
 
 
 def _mark_diagonal(ax: plt.Axes, size: int) -> None:
+    ax.set_xticks(range(size))
+    ax.set_yticks(range(size))
     for i in range(size):
         ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
 
