@@ -25,6 +25,7 @@ import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, replace
+from importlib import resources
 from pathlib import Path
 from typing import Callable
 
@@ -36,7 +37,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from pgemma.checkpoint import save_pretrained
+from pgemma.checkpoint import load_pretrained, save_pretrained
 from pgemma.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
 from pgemma.generate import generate
 from pgemma.paligemma import PaliGemmaForConditionalGeneration, PaliGemmaOutput
@@ -99,9 +100,9 @@ class Recipe:
     def shipped(cls) -> "Recipe":
         """The recipe of the model that ships with pgemma (see the chapter for how it was found)."""
         return cls(world=WorldConfig(min_side=16, max_side=28),
-                   model=ModelSize(text_width=128, head_dim=32, patch_size=16),
+                   model=ModelSize(text_width=128, head_dim=64, patch_size=16),
                    stage0=StageConfig(steps=2000, lr=1e-3, eval_every=500),
-                   stage1=StageConfig(steps=10000, lr=2e-3, warmup=200, slow_warmup=1000, eval_every=1000))
+                   stage1=StageConfig(steps=5000, lr=1e-3, warmup=200, slow_warmup=1000, eval_every=1000))
 
     @classmethod
     def tiny(cls) -> "Recipe":
@@ -519,6 +520,22 @@ def run(recipe: Recipe, out: Path, eval_scenes: int = 300, curve_scenes: int = 1
     export(model, tokenizer, out / "model")
     (out / "curves.json").write_text(json.dumps({"recipe": asdict(recipe), **curves, "final": final}, indent=2))
     return final
+
+
+SHIPPED_MODEL = "shapes"  # the folder under pgemma/assets holding the trained model
+
+
+def shipped_model_folder() -> Path:
+    """The checkpoint folder of the model trained by `Recipe.shipped()` that ships with pgemma.
+
+    Note: the package must be installed as files (as pip does), not imported from a zip.
+    """
+    return Path(str(resources.files("pgemma.assets").joinpath(SHIPPED_MODEL)))
+
+
+def load_shipped_model() -> tuple[PaliGemmaForConditionalGeneration, PaliGemmaProcessor]:
+    """The shipped model (in eval mode) and its processor."""
+    return load_pretrained(shipped_model_folder())
 
 
 def export(model: PaliGemmaForConditionalGeneration, tokenizer: PaliGemmaTokenizer, folder: Path) -> None:
