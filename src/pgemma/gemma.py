@@ -51,7 +51,8 @@ class GemmaAttention(nn.Module):
         mask: torch.Tensor,
         kv_cache: KVCache | None,
         layer: int,
-    ) -> torch.Tensor:
+        return_weights: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """float[B, T, D] -> float[B, T, D].
 
         Args:
@@ -59,6 +60,8 @@ class GemmaAttention(nn.Module):
             mask: bool[B, 1, T, S], S = cached + new tokens.
             kv_cache: where this layer's earlier keys and values are (None: no cache, S = T).
             layer: this layer's index into the cache.
+            return_weights: also return the attention weights float[B, N, T, S] (rows sum to 1),
+                computed on the explicit path even when the layer uses SDPA.
         """
         batch, length, _ = x.shape
         q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, N, T, H)
@@ -67,9 +70,12 @@ class GemmaAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, K, S, H)
-        out = attention(q, k, v, mask, use_sdpa=self.use_sdpa)  # (B, N, T, H)
+        if return_weights:
+            out, weights = attention(q, k, v, mask, return_weights=True)  # (B, N, T, H), (B, N, T, S)
+        else:
+            out = attention(q, k, v, mask, use_sdpa=self.use_sdpa)  # (B, N, T, H)
         out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)  # (B, T, N*H)
-        return self.o_proj(out)
+        return (self.o_proj(out), weights) if return_weights else self.o_proj(out)
 
 
 class GemmaDecoderLayer(nn.Module):
