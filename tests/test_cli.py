@@ -1,5 +1,6 @@
-"""Tests for `python -m pgemma generate`: a real run on a tiny checkpoint, and clean errors."""
+"""Tests for `python -m pgemma generate`: a real run on a tiny checkpoint, the shipped defaults, and clean errors."""
 
+import re
 import subprocess
 import sys
 
@@ -8,10 +9,14 @@ import pytest
 from PIL import Image
 from test_generate import build_checkpoint
 
+from pgemma import train
 from pgemma.__main__ import main
 from pgemma.checkpoint import load_model
 from pgemma.generate import generate
 from pgemma.processor import load_processor
+from pgemma.world import split_of
+
+SHIPPED_MISSING = not train.shipped_model_folder().is_dir()
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +68,51 @@ def test_sampling_options_are_reproducible(checkpoint, image_file, capsys):
     assert capsys.readouterr().out != first
 
 
+def test_without_image_a_new_scene_is_drawn_saved_and_answered(checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--model", str(checkpoint), "--max-new-tokens", "5"]) == 0
+    captured = capsys.readouterr()
+    [scene] = tmp_path.glob("scene_*.png")
+    assert split_of(int(scene.stem.removeprefix("scene_"))) == "heldout"
+    assert captured.err == f"pgemma: no --image given: drew scene {scene.stem[6:]} of the shapes world, saved to {scene}\n"
+    expected = generate(load_model(checkpoint), load_processor(checkpoint), scene, "caption en", max_new_tokens=5)[0]
+    assert captured.out == expected + "\n"
+
+
+def test_without_model_a_missing_shipped_model_is_named(image_file, monkeypatch, capsys):
+    monkeypatch.setattr(train, "SHIPPED_MODEL", "no_such_model")
+    assert main(["generate", "--image", str(image_file)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("pgemma: error: no --model given and the shipped model folder ")
+    assert "no_such_model' is missing; reinstall pgemma, or pass --model CHECKPOINT_DIR" in captured.err
+    assert captured.out == ""
+
+
+@pytest.mark.skipif(SHIPPED_MISSING, reason=f"the shipped model is not in {train.shipped_model_folder()} "
+                                            "(train it: python -m pgemma.train)")
+@pytest.mark.parametrize("prompt, pattern", [
+    ("caption en", r"a (red|green|blue|yellow) (circle|square|triangle)( left of a \w+ \w+)?"),
+    ("answer en how many shapes?", r"\d"),
+    ("detect circle ; square ; triangle", r".*<loc\d{4}>.*"),  # the scene may lack some kinds
+])
+def test_no_arguments_use_the_shipped_model_on_a_new_scene(tmp_path, monkeypatch, capsys, prompt, pattern):
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--prompt", prompt]) == 0
+    captured = capsys.readouterr()
+    assert len(list(tmp_path.glob("scene_*.png"))) == 1 and "drew scene" in captured.err
+    assert re.fullmatch(pattern, captured.out.strip()), captured.out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(SHIPPED_MISSING, reason="the shipped model is not installed")
+def test_python_m_pgemma_generate_with_no_arguments(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pgemma", "generate"], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("a ") and len(list(tmp_path.glob("scene_*.png"))) == 1
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--image", "{image}"], "no --model given, and this version of pgemma ships no default model"),
-    (["--model", "{checkpoint}"], "no --image given"),
     (["--model", "{missing}", "--image", "{image}"], "does not exist or is not a folder"),
     (["--model", "{checkpoint}", "--image", "{missing}"], "does not exist or is not a file"),
     (["--model", "{checkpoint}", "--image", "{empty}"], "is empty"),

@@ -1,9 +1,13 @@
 """Command line: `python -m pgemma generate` (or `pgemma generate`). Book chapter: "Assembling PaliGemma".
 
+    pgemma generate                                    # the shipped model on a new scene
+    pgemma generate --prompt "detect circle"
     pgemma generate --model CHECKPOINT_DIR --image cat.jpg --prompt "caption en"
-    pgemma generate --model DIR --image shapes.png --prompt "detect circle" --max-new-tokens 20
     pgemma generate --model DIR --image cat.jpg --temperature 0.8 --top-p 0.9 --seed 0
 
+Without --model, the small model that ships with pgemma answers (trained on the book's world of
+coloured shapes, `pgemma.train`). Without --image, a new held-out scene of that world is drawn,
+saved as scene_SEED.png in the current folder (said on stderr), and the prompt is about it.
 The answer is printed as it is written. Greedy decoding unless one of --temperature, --top-k,
 --top-p or --seed is given, which switch on sampling. Bad input (a missing folder, a file that is
 not an image, a prompt too long for the model) ends with a one-line message on stderr and exit
@@ -19,9 +23,6 @@ from pathlib import Path
 
 import torch
 
-# Where a model or image that ships with the package would be found; None until one does.
-DEFAULT_MODEL: Path | None = None
-DEFAULT_IMAGE: Path | None = None
 DEFAULT_PROMPT = "caption en"  # PaliGemma's task prefix for a short English caption
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EXIT_BAD_INPUT = 2  # argparse's own code for a usage error
@@ -31,9 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgemma", description="PaliGemma from scratch.")
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="answer a prompt about an image, streaming the answer")
-    gen.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                     help="checkpoint folder: config.json, model.safetensors, tokenizer.json or tokenizer.model")
-    gen.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="image file (any format PIL reads)")
+    gen.add_argument("--model", type=Path,
+                     help="checkpoint folder: config.json, model.safetensors, tokenizer.json or tokenizer.model "
+                          "(default: the shipped model of coloured shapes)")
+    gen.add_argument("--image", type=Path,
+                     help="image file (any format PIL reads; default: draw a new scene of coloured shapes)")
     gen.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"task prompt (default: {DEFAULT_PROMPT!r})")
     gen.add_argument("--max-new-tokens", type=int, default=64, help="stop after this many tokens (default 64)")
     gen.add_argument("--temperature", type=float, help="sample, dividing the logits by T")
@@ -50,20 +53,24 @@ def run_generate(args: argparse.Namespace) -> None:
     from pgemma.checkpoint import load_model
     from pgemma.generate import generate
     from pgemma.processor import load_processor
+    from pgemma.train import shipped_model_folder
 
-    if args.model is None:
-        raise ValueError("no --model given, and this version of pgemma ships no default model")
-    if args.image is None:
-        raise ValueError("no --image given, and this version of pgemma ships no default image")
-    if not args.model.is_dir():
-        raise ValueError(f"model folder {str(args.model)!r} does not exist or is not a folder")
+    folder = args.model
+    if folder is None:
+        folder = shipped_model_folder()
+        if not folder.is_dir():
+            raise ValueError(f"no --model given and the shipped model folder {str(folder)!r} is missing; "
+                             "reinstall pgemma, or pass --model CHECKPOINT_DIR")
+    if not folder.is_dir():
+        raise ValueError(f"model folder {str(folder)!r} does not exist or is not a folder")
     try:
         device = torch.device(args.device)
     except RuntimeError:
         raise ValueError(f"--device {args.device!r} is not a torch device (try cpu or cuda)") from None
-    processor = load_processor(args.model)
-    image = processor.load_image(args.image)  # a bad image fails here, before the slow model load
-    model = load_model(args.model, dtype=DTYPES[args.dtype], device=device)
+    processor = load_processor(folder)
+    image_file = draw_scene(Path.cwd()) if args.image is None else args.image
+    image = processor.load_image(image_file)  # a bad image fails here, before the slow model load
+    model = load_model(folder, dtype=DTYPES[args.dtype], device=device)
     do_sample = any(v is not None for v in (args.temperature, args.top_k, args.top_p, args.seed))
     generate(
         model, processor, image, args.prompt,
@@ -76,6 +83,20 @@ def run_generate(args: argparse.Namespace) -> None:
         stream=lambda row, text: print(text, end="", flush=True),
     )
     print(flush=True)
+
+
+def draw_scene(folder: Path) -> Path:
+    """Draw a random held-out scene of the shipped model's world into `folder`; returns its path."""
+    import random
+
+    from pgemma.train import Recipe
+    from pgemma.world import example, split_seeds
+
+    seed = next(split_seeds("heldout", start=random.randrange(1_000_000)))  # never seen in training
+    path = folder / f"scene_{seed}.png"
+    example(seed, Recipe.shipped().world).image.save(path)
+    print(f"pgemma: no --image given: drew scene {seed} of the shapes world, saved to {path}", file=sys.stderr)
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
