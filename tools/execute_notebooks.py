@@ -9,20 +9,31 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
 from tools.book import chapter_notebooks
+
+CELL_TIMEOUT_SECONDS = 90  # a whole chapter must run in under 60 s
+ATTEMPTS = 3  # nbclient occasionally never sees the reply after a cell with an Output widget
 
 
 def execute(path: Path) -> float:
     """Run `path` top to bottom in a fresh kernel from its own folder; return the seconds taken."""
-    notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=600, kernel_name="python3", record_timing=True,
-                            store_widget_state=True, resources={"metadata": {"path": str(path.parent)}})
-    start = time.perf_counter()
-    client.execute()
-    seconds = time.perf_counter() - start
-    nbformat.write(notebook, path)
-    return seconds
+    for attempt in range(1, ATTEMPTS + 1):
+        notebook = nbformat.read(path, as_version=4)
+        client = NotebookClient(notebook, timeout=CELL_TIMEOUT_SECONDS, kernel_name="python3",
+                                record_timing=True, store_widget_state=True,
+                                resources={"metadata": {"path": str(path.parent)}})
+        start = time.perf_counter()
+        try:
+            client.execute()
+        except (CellTimeoutError, DeadKernelError, AssertionError) as error:
+            print(f"{path}: attempt {attempt} stalled ({type(error).__name__}), starting again", flush=True)
+            continue
+        seconds = time.perf_counter() - start
+        nbformat.write(notebook, path)
+        return seconds
+    raise RuntimeError(f"{path}: execution stalled {ATTEMPTS} times")
 
 
 def main(arguments: list[str]) -> None:
