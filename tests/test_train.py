@@ -5,9 +5,9 @@ import torch
 
 from pgemma import train
 from pgemma.train import (Recipe, StageConfig, TowerPretrainer, build_model, build_processor, build_tokenizer,
-                          evaluate, init_loc_embeddings, load_state, lr_at, make_optimizer, patch_labels,
-                          process, save_state, train_loop, training_examples)
-from pgemma.world import WorldConfig, example
+                          evaluate, init_loc_embeddings, load_shipped_model, load_state, lr_at, make_optimizer,
+                          patch_labels, process, save_state, shipped_model_folder, train_loop, training_examples)
+from pgemma.world import HELDOUT_START, WorldConfig, example
 
 RECIPE = Recipe.tiny()
 
@@ -144,3 +144,43 @@ def test_evaluate_reports_every_task(tokenizer):
     scores = evaluate(model, build_processor(model, tokenizer), RECIPE.world, num_scenes=4, batch_size=2)
     assert set(scores) == {"caption_exact", "colour_exact", "count_exact", "detect_exact", "detect_iou"}
     assert all(0.0 <= v <= 1.0 for v in scores.values())
+
+
+def shipped_examples(count=6):
+    world = Recipe.shipped().world
+    return [example(seed, world, task=task) for seed, task in zip(range(HELDOUT_START, HELDOUT_START + count),
+                                                                  ["caption", "colour", "count", "detect"] * count)]
+
+
+def test_the_shipped_model_gives_the_same_logits_in_pgemma_and_transformers():
+    transformers = pytest.importorskip("transformers")
+    model, processor = load_shipped_model()
+    examples = shipped_examples()
+    batch = process(processor, examples)
+    ours = train.forward(model, batch).logits
+    reference = transformers.PaliGemmaForConditionalGeneration.from_pretrained(
+        shipped_model_folder(), dtype=torch.float32, attn_implementation="eager").eval()
+    with torch.no_grad():
+        theirs = reference(input_ids=batch.input_ids, pixel_values=batch.pixel_values,
+                           attention_mask=batch.attention_mask, token_type_ids=batch.token_type_ids).logits
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_the_shipped_model_answers_held_out_scenes():
+    model, processor = load_shipped_model()
+    assert shipped_model_folder().joinpath("model.safetensors").stat().st_size < 20_000_000
+    scores = evaluate(model, processor, Recipe.shipped().world, num_scenes=40, batch_size=40)
+    assert min(scores["caption_exact"], scores["colour_exact"], scores["count_exact"]) >= 0.95, scores
+    assert scores["detect_iou"] >= 0.75, scores
+
+
+def test_the_command_line_trains_exports_and_resumes(tmp_path, capsys):
+    train.main(["--recipe", "tiny", "--out", str(tmp_path), "--eval-scenes", "8"])
+    printed = capsys.readouterr().out
+    for name in ("caption_exact", "colour_exact", "count_exact", "detect_iou"):
+        assert name in printed
+    model_folder = tmp_path / "model"
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in model_folder.iterdir()}
+    written = (model_folder / "model.safetensors").read_bytes()
+    train.main(["--recipe", "tiny", "--out", str(tmp_path), "--eval-scenes", "8"])  # resumes: nothing left to train
+    assert (model_folder / "model.safetensors").read_bytes() == written
