@@ -226,8 +226,9 @@ def plot_answer_attention(image: Image.Image, attention: AnswerAttention, layer:
 
     Args:
         layer: a decoder layer, or None for the mean over layers.
-    Each overlay is scaled to its own maximum; its title gives the share of the token's
-    attention that goes to the image at all (the rest goes to the prompt and the answer so far).
+    Each overlay is scaled to its own maximum (the most attended patch is unshaded); its title
+    gives the share of the token's attention that goes to the image at all (the rest goes to the
+    prompt and the answer so far).
     """
     patches = attention.patches.mean(0) if layer is None else attention.patches[layer]  # (A, P)
     share = attention.image_share.mean(0) if layer is None else attention.image_share[layer]  # (A,)
@@ -245,9 +246,11 @@ def plot_answer_attention(image: Image.Image, attention: AnswerAttention, layer:
     for index, (token, grid_map, fraction) in enumerate(zip(attention.tokens, patches, share)):
         ax = figure.add_subplot(grid[index // columns, 2 + index % columns])
         ax.imshow(image, extent=(0, width, height, 0))
-        overlay = (grid_map / grid_map.max().clamp(min=1e-12)).reshape(side, side).numpy()
-        ax.imshow(overlay, cmap="inferno", alpha=0.6, vmin=0, vmax=1, extent=(0, width, height, 0),
-                  interpolation="nearest")
+        # A spotlight: patches the token attends to stay bright, the others are shaded dark.
+        light = (grid_map / grid_map.max().clamp(min=1e-12)).reshape(side, side).numpy()  # (√P, √P) in [0, 1]
+        shade = np.zeros((side, side, 4))
+        shade[..., 3] = 0.85 * (1 - light)
+        ax.imshow(shade, extent=(0, width, height, 0), interpolation="nearest")
         ax.set_title(f"{token.strip() or repr(token)!s}\n{100 * float(fraction):.0f}% on image", fontsize=8)
         ax.axis("off")
     which = "mean over layers" if layer is None else f"layer {layer}"
