@@ -15,9 +15,9 @@ tasks of `pgemma.world` at once.
 
 How the recipe was found (every curve is in ``pgemma/assets/recipe_search.json``):
 
-- captions alone teach the tower *what* is in a scene but not *where*: boxes stayed near IoU 0.1
-  after a contrastive-only stage 0 (box error of a linear probe on its patches: 14 px);
-- per-patch labels bring that error under 1 px, and stage 1 then learns boxes;
+- captions alone teach the tower *what* is in a scene but not *where*: linear probes on the
+  patches of a frozen tower read boxes with an error of 11.7 px after a contrastive-only stage 0,
+  no better than from a random tower (10.4 px); after stage 0 with per-patch labels, 1.0 px;
 - 16 image tokens (patch 16 on 64 px) train 2.5 times faster than 64 and suffice once the
   tower has learned positions;
 - with one key/value head (multi-query attention), a 128-wide decoder with head_dim 32 was slow
