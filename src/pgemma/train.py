@@ -18,6 +18,9 @@ How the recipe was found (every curve is in ``pgemma/assets/recipe_search.json``
 - captions alone teach the tower *what* is in a scene but not *where*: linear probes on the
   patches of a frozen tower read boxes with an error of 11.7 px after a contrastive-only stage 0,
   no better than from a random tower (10.4 px); after stage 0 with per-patch labels, 1.0 px;
+- end to end, with the same stage 1 (5000 steps): caption / colour / count exact match and box
+  IoU on held-out scenes were 0.39 / 0.85 / 1.00 / 0.61 with a random tower, 0.44 / 0.85 / 1.00
+  / 0.60 after a contrastive-only stage 0, and 0.99 / 1.00 / 1.00 / 0.87 with the patch labels;
 - 16 image tokens (patch 16 on 64 px) train 2.5 times faster than 64 and suffice once the
   tower has learned positions;
 - with one key/value head (multi-query attention), a 128-wide decoder with head_dim 32 was slow
