@@ -28,7 +28,8 @@ from pgemma.viz.paligemma import (  # noqa: E402
     plot_training_curves,
 )
 from pgemma.viz.widgets import dropdown, int_slider, interactive_figure  # noqa: E402
-from pgemma.world import HELDOUT_START, example, loc_tokens  # noqa: E402
+from pgemma.processor import boxes_to_loc_tokens  # noqa: E402
+from pgemma.world import HELDOUT_START, example  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +88,9 @@ def test_answer_attention_rows_are_the_answer_tokens(tiny):
 def test_describe_answer_scores_text_and_boxes():
     assert describe_answer("red", "red", 64) == ("red", True)
     assert describe_answer("blue", "red", 64) == ("blue (expected: red)", False)
-    truth = loc_tokens((8, 8, 40, 40), 64) + " square"
+    truth = boxes_to_loc_tokens((8, 8, 40, 40), 64) + " square"
     assert describe_answer(truth, truth, 64) == ("square box, IoU 1.00", True)
-    shifted = loc_tokens((24, 24, 56, 56), 64) + " square"
+    shifted = boxes_to_loc_tokens((24, 24, 56, 56), 64) + " square"
     text, good = describe_answer(shifted, truth, 64)
     assert text == "square box, IoU 0.14" and not good
     assert describe_answer("a circle", truth, 64) == ("square box, IoU 0.00", False)

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pgemma.world import (HELDOUT_START, TASKS, WorldConfig, box_iou, caption, example, loc_tokens,
-                          parse_detections, render, sample_scene, scene_tasks, split_of, split_seeds,
-                          text_corpus)
+from pgemma.processor import boxes_to_loc_tokens, parse_loc_tokens
+from pgemma.world import (HELDOUT_START, TASKS, WorldConfig, box_iou, caption, example, render, sample_scene,
+                          scene_tasks, split_of, split_seeds, text_corpus)
 
 seeds = st.integers(min_value=0, max_value=2 * HELDOUT_START)
 
@@ -51,7 +51,7 @@ def test_answers_are_consistent_with_the_scene(seed):
 
     prompt, answer = tasks["detect"]
     labels = prompt.removeprefix("detect ").split(" ; ")
-    detections = parse_detections(answer, scene.size)
+    detections = parse_loc_tokens(answer, scene.size)
     assert [label for _, label in detections] == labels
     for box, label in detections:
         truth = next(s.box for s in scene.shapes if s.kind == label)
@@ -61,10 +61,10 @@ def test_answers_are_consistent_with_the_scene(seed):
 def test_caption_and_detection_format():
     scene = sample_scene(0)
     assert caption(scene).startswith("a ")
-    assert loc_tokens((0, 16, 32, 64), 64) == "<loc0000><loc0256><loc0512><loc1023>"
+    assert boxes_to_loc_tokens((0, 16, 32, 64), 64) == "<loc0000><loc0256><loc0512><loc1023>"
     two = "<loc0000><loc0000><loc0512><loc0512> circle ; <loc0512><loc0512><loc1023><loc1023> square"
-    assert [label for _, label in parse_detections(two, 64)] == ["circle", "square"]
-    assert parse_detections(two, 64)[0][0] == (0.0, 0.0, 32.0, 32.0)
+    assert [label for _, label in parse_loc_tokens(two, 64)] == ["circle", "square"]
+    assert parse_loc_tokens(two, 64)[0][0] == (0.0, 0.0, 32.0, 32.0)
 
 
 def test_every_task_appears_and_can_be_forced():

@@ -56,9 +56,9 @@ from pgemma.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
 from pgemma.contrastive import INIT_BIAS, INIT_LOG_TEMPERATURE, sigmoid_loss
 from pgemma.generate import generate
 from pgemma.paligemma import PaliGemmaForConditionalGeneration, PaliGemmaOutput
-from pgemma.processor import PaliGemmaProcessor, ProcessorBatch
-from pgemma.tokenizer import PaliGemmaTokenizer, train_tokenizer
-from pgemma.world import (NUM_LOC_BINS, TASKS, Example, WorldConfig, box_iou, caption, example, parse_detections,
+from pgemma.processor import PaliGemmaProcessor, ProcessorBatch, parse_loc_tokens
+from pgemma.tokenizer import NUM_LOC_TOKENS, PaliGemmaTokenizer, train_tokenizer
+from pgemma.world import (TASKS, Example, WorldConfig, box_iou, caption, example,
                           split_seeds, text_corpus)
 
 # ----------------------------------------------------------------------------------------------
@@ -194,8 +194,8 @@ def init_loc_embeddings(model: PaliGemmaForConditionalGeneration, tokenizer: Pal
     on nearby bins from the start, instead of on 1024 unrelated tokens.
     """
     table = model.language_model.model.embed_tokens.weight  # (V, D)
-    ids = torch.tensor([tokenizer.token_to_id(f"<loc{b:04d}>") for b in range(NUM_LOC_BINS)])
-    bins = torch.arange(NUM_LOC_BINS, dtype=torch.float32)[:, None] / NUM_LOC_BINS  # (1024, 1)
+    ids = torch.tensor([tokenizer.token_to_id(f"<loc{b:04d}>") for b in range(NUM_LOC_TOKENS)])
+    bins = torch.arange(NUM_LOC_TOKENS, dtype=torch.float32)[:, None] / NUM_LOC_TOKENS  # (1024, 1)
     angles = 2 * math.pi * bins * 2.0 ** torch.arange(7)  # (1024, 7): 1 .. 64 cycles per side
     features = torch.cat([angles.sin(), angles.cos()], dim=1)  # (1024, 14)
     mix = torch.randn(features.shape[1], table.shape[1], generator=torch.Generator().manual_seed(seed))
@@ -493,8 +493,8 @@ def evaluate(model: PaliGemmaForConditionalGeneration, processor: PaliGemmaProce
             else:
                 answers = [processor.decode(p[m].tolist()) for p, m in zip(predicted, scored)]
             for ex, answer in zip(examples, answers):
-                found = {label: box for box, label in reversed(parse_detections(answer, world.image_size))}
-                for box, label in parse_detections(ex.suffix, world.image_size):
+                found = {label: box for box, label in reversed(parse_loc_tokens(answer, world.image_size))}
+                for box, label in parse_loc_tokens(ex.suffix, world.image_size):
                     ious.append(box_iou(found[label], box) if label in found else 0.0)
     model.train(was_training)
     return {**{f"{task}_exact": correct[task] / num_scenes for task in TASKS}, "detect_iou": float(np.mean(ious))}

@@ -31,8 +31,9 @@ from typing import Iterator, NamedTuple
 
 from PIL import Image, ImageDraw
 
+from pgemma.processor import boxes_to_loc_tokens
+
 HELDOUT_START = 1_000_000_000  # seeds >= this are the held-out split
-NUM_LOC_BINS = 1024  # PaliGemma's <loc0000> .. <loc1023>
 TASKS = ("caption", "colour", "count", "detect")
 
 # Saturated colours, far from the muted backgrounds, so a pixel's colour tells what it belongs to.
@@ -173,21 +174,6 @@ def render(scene: Scene) -> Image.Image:
     return image
 
 
-def loc_tokens(box: tuple[int, int, int, int], size: int) -> str:
-    """A pixel box (y_min, x_min, y_max, x_max) as four <locNNNN> tokens, PaliGemma's box format."""
-    bins = (min(NUM_LOC_BINS - 1, v * NUM_LOC_BINS // size) for v in box)
-    return "".join(f"<loc{b:04d}>" for b in bins)
-
-
-_DETECTION = re.compile(r"<loc(\d{4})><loc(\d{4})><loc(\d{4})><loc(\d{4})>\s*([^;<]*)")
-
-
-def parse_detections(text: str, size: int) -> list[tuple[tuple[float, float, float, float], str]]:
-    """Read "<loc..>x4 label ; ..." back into pixel boxes (y_min, x_min, y_max, x_max) and labels."""
-    return [(tuple(int(b) / NUM_LOC_BINS * size for b in m.groups()[:4]), m.group(5).strip())
-            for m in _DETECTION.finditer(text)]
-
-
 def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     """Intersection over union of two (y_min, x_min, y_max, x_max) boxes."""
     inter_h = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
@@ -212,7 +198,7 @@ def scene_tasks(scene: Scene, rng: random.Random | None = None) -> dict[str, tup
         "colour": (f"answer en what colour is the {asked.kind}?", asked.colour),
         "count": ("answer en how many shapes?", str(len(scene.shapes))),
         "detect": ("detect " + " ; ".join(s.kind for s in detected),
-                   " ; ".join(f"{loc_tokens(s.box, scene.size)} {s.kind}" for s in detected)),
+                   " ; ".join(f"{boxes_to_loc_tokens(s.box, scene.size)} {s.kind}" for s in detected)),
     }
 
 

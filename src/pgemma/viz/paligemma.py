@@ -19,7 +19,7 @@ from pgemma.paligemma import IGNORE_INDEX, PaliGemmaForConditionalGeneration
 from pgemma.processor import PaliGemmaProcessor, parse_loc_tokens
 from pgemma.rope import rope_cos_sin
 from pgemma.viz.processor import plot_boxes
-from pgemma.world import WorldConfig, box_iou, example, parse_detections, split_seeds
+from pgemma.world import WorldConfig, box_iou, example, split_seeds
 
 PARTS = ("vision tower", "projector", "decoder layers", "embedding (= output head)")
 
@@ -160,10 +160,10 @@ def describe_answer(answer: str, truth: str, image_size: int) -> tuple[str, bool
     with the IoU of each box against the true box of that label, and are right when every true
     object is found with IoU >= 0.5 (the usual detection threshold).
     """
-    true_boxes = parse_detections(truth, image_size)
+    true_boxes = parse_loc_tokens(truth, image_size)
     if not true_boxes:
         return (answer if answer == truth else f"{answer} (expected: {truth})"), answer == truth
-    found = {label: box for box, label in parse_detections(answer, image_size)}
+    found = {label: box for box, label in parse_loc_tokens(answer, image_size)}
     ious = {label: box_iou(found[label], box) if label in found else 0.0 for box, label in true_boxes}
     text = " ; ".join(f"{label} box, IoU {iou:.2f}" for label, iou in ious.items())
     return text, min(ious.values()) >= 0.5
