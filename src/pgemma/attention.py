@@ -1,6 +1,6 @@
 """Scaled dot-product attention as pure functions: one readable path, one fast path.
 
-Book chapter: "Attention" (Vaswani et al. 2017, section 3.2; grouped-query attention: Ainslie et
+Book chapter: "Multi-head attention" (Vaswani et al. 2017, section 3.2; grouped-query attention: Ainslie et
 al. 2023; multi-query attention: Shazeer 2019). The masks it consumes are built in ``masks.py``.
 
 A mask is a ``bool`` tensor, ``True`` where a query may look at a key. The readable path computes

@@ -1,6 +1,6 @@
 """Loading and saving Hugging Face PaliGemma checkpoints: ``config.json`` + safetensors, nothing else.
 
-Book chapter: "Loading real checkpoints".
+Book chapter: "Assembling PaliGemma" (its section "the real model").
 
 Our parameter names are the hub's, so loading is a rename table (for the other layouts
 transformers has written over the years), a check that every tensor is there with the right shape,

@@ -1,7 +1,7 @@
 """Model configuration: one frozen dataclass per tower, composed into a PaliGemma config.
 
-Book chapter: "The PaliGemma architecture" (chapter 1, the numbers), and "Loading real
-checkpoints" (reading and writing Hugging Face ``config.json``).
+Book chapter: "Assembling PaliGemma" (the parts and their sizes, reading and writing Hugging Face
+``config.json``).
 
 Field names are the Hugging Face ``config.json`` keys, so a reader can hold the two side by side.
 

@@ -1,6 +1,6 @@
 """The Gemma decoder: a stack of pre-RMSNorm blocks with rotary, grouped-query attention.
 
-Book chapter: "Writing: the Gemma decoder" (Gemma Team 2024, section 2; GeGLU: Shazeer 2020).
+Book chapter: "Assembling PaliGemma" (Gemma Team 2024, section 2; GeGLU: Shazeer 2020).
 
 Module and attribute names mirror the checkpoint keys under ``language_model.``. The decoder takes
 embeddings rather than token ids, because PaliGemma places image features among them first.

@@ -1,6 +1,6 @@
 """The key/value cache: an explicit, preallocated object that the decoder takes and returns.
 
-Book chapter: "Generating text: the KV cache".
+Book chapter: "The KV-cache".
 
 During generation every new token attends to the keys and values of all tokens before it. Those
 do not change, so each layer stores them once instead of recomputing the whole prefix per token.

@@ -1,6 +1,6 @@
 """Attention masks as data: pure functions that return ``bool`` tensors (True = may attend).
 
-Book chapter: "Masks: causal, prefix-LM and padding" (PaliGemma paper, Beyer et al. 2024,
+Book chapter: "Attention masks: causal, prefix-LM and padding" (PaliGemma paper, Beyer et al. 2024,
 section 3.2, "prefix-LM"; big_vision's ``make_attn_mask``).
 
 Rows are queries, columns are keys. Worked example for one sequence of 2 image tokens (``i``),

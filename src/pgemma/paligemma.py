@@ -1,6 +1,6 @@
 """PaliGemma: SigLIP sees the image, a linear projector translates, Gemma reads and writes.
 
-Book chapter: "Putting it together: PaliGemma" (Beyer et al. 2024, section 3).
+Book chapter: "Assembling PaliGemma" (Beyer et al. 2024, section 3).
 
 The forward pass is split into the steps the chapter names (as big_vision's ``embed_image``,
 ``embed_text``, ``embed_image_and_text``), and its arguments mean what they mean in transformers'

@@ -1,6 +1,6 @@
 """transformers as the reference: build tiny random checkpoints offline and compare layer by layer.
 
-Book chapter: "Checking against the reference" (and every chapter's parity cell).
+Book chapter: "Assembling PaliGemma" (and the parity tests in tests/).
 
 ``transformers`` is a test dependency only, imported inside the functions. Tested with 5.23.
 """

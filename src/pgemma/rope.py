@@ -1,6 +1,6 @@
 """Rotary position embeddings (RoPE) as pure functions.
 
-Book chapter: "Positions: rotary embeddings" (RoFormer, Su et al. 2021, section 3.4).
+Book chapter: "RoPE: positions as rotations" (RoFormer, Su et al. 2021, section 3.4).
 
 Each query and key vector is cut into pairs of channels, and pair i is rotated by the angle
 ``position * theta ** (-2i / H)``. The dot product of a rotated query at position m with a rotated

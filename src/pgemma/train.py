@@ -1,4 +1,4 @@
-"""Training a small PaliGemma on the synthetic world (chapter "Training PaliGemma").
+"""Training a small PaliGemma on the synthetic world (chapter "Assembling PaliGemma").
 
 PaliGemma was trained in stages (Beyer et al. 2024, section 3.2):
 

@@ -1,4 +1,4 @@
-"""A synthetic world of coloured shapes, and PaliGemma's tasks on it (chapter "Training PaliGemma").
+"""A synthetic world of coloured shapes, and PaliGemma's tasks on it (chapters "The PaliGemma processor" and "Assembling PaliGemma").
 
 No real PaliGemma weights can be downloaded here, so the book trains its own small PaliGemma.
 It needs data whose answers are known exactly: this module draws scenes of a few coloured
