@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pgemma.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
+from pgemma.gemma import GemmaForCausalLM
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from tools.book import ROOT
 
@@ -115,3 +116,13 @@ def built_book() -> Path:
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, f"jupyter-book build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return ROOT / "_build" / "html"
+
+
+def random_decoder(config: GemmaConfig, seed: int = 0) -> GemmaForCausalLM:
+    """A Gemma decoder with weights drawn from N(0, 0.1), large enough to make every layer matter."""
+    torch.manual_seed(seed)
+    model = GemmaForCausalLM(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.1)
+    return model.eval()

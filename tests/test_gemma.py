@@ -4,22 +4,14 @@ import pytest
 import torch
 
 from pgemma.config import GemmaConfig
-from pgemma.gemma import GemmaForCausalLM
+from conftest import random_decoder
 from pgemma.masks import decoder_mask
 
-
-def _random_decoder(config: GemmaConfig, seed: int = 0) -> GemmaForCausalLM:
-    torch.manual_seed(seed)
-    model = GemmaForCausalLM(config)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0.0, 0.1)
-    return model.eval()
 
 
 def test_shapes_and_tied_head():
     config = GemmaConfig.tiny()
-    model = _random_decoder(config)
+    model = random_decoder(config)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     embeds = model.model.embed_tokens(torch.randint(0, 256, (2, 5)))
     logits, cache, hidden_states = model(embeds, decoder_mask(5, 5, batch_size=2), torch.arange(5).expand(2, 5))
@@ -30,7 +22,7 @@ def test_shapes_and_tied_head():
 def test_embeddings_are_scaled_by_sqrt_width_rounded_to_the_activation_dtype():
     config = GemmaConfig(vocab_size=8, hidden_size=3072, intermediate_size=4, num_hidden_layers=1,
                          num_attention_heads=1, num_key_value_heads=1, head_dim=2)
-    model = _random_decoder(config).to(torch.bfloat16)
+    model = random_decoder(config).to(torch.bfloat16)
     embeds = model.model.embed_tokens(torch.tensor([[1, 2]]))
     _, _, hidden_states = model(embeds, decoder_mask(2, 2), torch.arange(2)[None])
     # sqrt(3072) = 55.43 is 55.5 in bfloat16; the product is rounded once more, to bfloat16.
@@ -49,7 +41,7 @@ def test_matches_transformers_gemma(kv_heads):
         num_key_value_heads=kv_heads, head_dim=20, max_position_embeddings=64, hidden_act="gelu_pytorch_tanh",
         attn_implementation="eager")
     theirs = transformers.GemmaForCausalLM(hf_config).eval()
-    ours = _random_decoder(config)
+    ours = random_decoder(config)
     theirs.load_state_dict(ours.state_dict())  # the same names: model.layers.N..., lm_head
     ids = torch.randint(0, 96, (2, 9), generator=torch.Generator().manual_seed(0))
     attention_mask = torch.tensor([[1] * 9, [0, 0, 0] + [1] * 6])
@@ -63,7 +55,7 @@ def test_matches_transformers_gemma(kv_heads):
 
 def test_logits_to_keep_applies_the_head_to_the_last_positions_only():
     config = GemmaConfig.tiny()
-    model = _random_decoder(config)
+    model = random_decoder(config)
     embeds = torch.randn(2, 5, config.hidden_size)
     mask, positions = decoder_mask(5, 5, batch_size=2), torch.arange(5).expand(2, 5)
     with torch.no_grad():

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pgemma.config import GemmaConfig
-from pgemma.gemma import GemmaForCausalLM
 from pgemma.kv_cache import KVCache
+from conftest import random_decoder
 from pgemma.masks import decoder_mask
 
 
@@ -41,14 +41,6 @@ def test_overflow_and_oversized_caches_are_refused():
         KVCache.empty(GemmaConfig.tiny(), batch_size=1, max_length=129)
 
 
-def _decoder(config: GemmaConfig, seed: int) -> GemmaForCausalLM:
-    torch.manual_seed(seed)
-    model = GemmaForCausalLM(config)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0.0, 0.1)
-    return model.eval()
-
 
 @settings(max_examples=10, deadline=None)
 @given(kv_heads=st.sampled_from([1, 2, 4]), batch=st.integers(1, 3), prompt=st.integers(1, 6),
@@ -56,7 +48,7 @@ def _decoder(config: GemmaConfig, seed: int) -> GemmaForCausalLM:
 def test_cached_decoding_equals_recomputation(kv_heads, batch, prompt, steps, seed, data):
     config = GemmaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=kv_heads, head_dim=8, max_position_embeddings=32)
-    model = _decoder(config, seed)
+    model = random_decoder(config, seed)
     length = prompt + steps
     padding = [data.draw(st.integers(0, prompt - 1)) for _ in range(batch)]
     attention_mask = torch.stack([(torch.arange(length) >= pad).long() for pad in padding])
