@@ -94,6 +94,28 @@ def test_cached_matches_uncached_oracle(model, batch):
     assert torch.equal(run(model, batch, **sampled), run(model, batch, use_cache=False, **sampled))
 
 
+def test_decode_step_is_forward_with_one_new_token(model, batch):
+    from pgemma.kv_cache import KVCache
+
+    batch_size, length = batch.input_ids.shape
+    assert batch.attention_mask[:, 0].eq(0).any()  # a padded row: the mask must hide its padding keys
+    positions = batch.attention_mask.cumsum(-1).clamp(min=1)
+    with torch.inference_mode():
+        cache = KVCache.empty(model.config.text_config, batch_size, length + 1)
+        prefill = model(batch.input_ids, batch.pixel_values, batch.attention_mask, batch.token_type_ids, positions,
+                        cache, logits_to_keep=1)
+        new_ids = prefill.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+        mask = torch.cat([batch.attention_mask, torch.ones_like(new_ids)], dim=-1)
+        position = positions[:, -1:] + 1
+        # Both write the new token's keys at the same place of the shared buffers, so run forward last.
+        fast = model.decode_step(new_ids, mask, position, prefill.kv_cache)
+        fast_logits = fast.logits.clone()
+        general = model(new_ids, None, mask, torch.ones_like(new_ids), position, prefill.kv_cache, logits_to_keep=1)
+    assert fast.kv_cache.length == general.kv_cache.length == length + 1
+    assert fast_logits.shape == (batch_size, 1, model.config.text_config.vocab_size)
+    assert torch.equal(fast_logits, general.logits)
+
+
 def test_padded_row_answers_like_the_prompt_alone(model, processor, batch):
     alone = processor(images()[0], PROMPTS[0])
     assert batch.attention_mask[0].eq(0).any()  # the first prompt is the padded one
@@ -128,6 +150,13 @@ class EndsRowZero(nn.Module):
                 logits_to_keep=None):
         output = self.model(input_ids, pixel_values, attention_mask, token_type_ids, position_ids, kv_cache,
                             logits_to_keep=logits_to_keep)
+        return self.prefer_eos(output, attention_mask)
+
+    @torch.inference_mode()
+    def decode_step(self, new_ids, attention_mask, position_ids, kv_cache):
+        return self.prefer_eos(self.model.decode_step(new_ids, attention_mask, position_ids, kv_cache), attention_mask)
+
+    def prefer_eos(self, output, attention_mask):
         if attention_mask.shape[1] >= self.prompt_length + self.after:
             output.logits[0, -1, self.config.eos_token_id] = 1e4
         return output

@@ -168,28 +168,33 @@ def generate_tokens(
     # 1, 2, 3, ... from each row's first real token (padding, on the left, gets 1 and is never seen).
     position_ids = attention_mask.cumsum(dim=-1).clamp(min=1)  # (B, T)
     cache = KVCache.empty(config.text_config, batch_size, total, weight.dtype, device) if use_cache else None
+    # Every token written from here on is real: the attention mask of step i is the first
+    # prompt_length + i + 1 columns of this one, a view rather than a new tensor per step.
+    full_attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch_size, max_new_tokens)], dim=-1)
 
     # Prefill: the image is encoded here, once.
     output = _forward(model, input_ids, pixel_values, attention_mask, token_type_ids, position_ids, cache)
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)  # (B,)
+    next_position = position_ids[:, -1:]  # (B, 1)
+    suffix_type = torch.ones_like(next_position)  # generated tokens are suffix (type 1): causal
     for step in range(max_new_tokens):
         logits = output.logits[:, -1, :vocab_size]  # (B, V)
         next_token = sample_next_token(logits, do_sample, temperature, top_k, top_p, generator)
         next_token = next_token.masked_fill(finished, config.pad_token_id)  # (B,)
         finished |= next_token == config.eos_token_id
         yield next_token
-        if finished.all() or step == max_new_tokens - 1:
+        if step == max_new_tokens - 1 or finished.all():
             return
         new_ids = next_token[:, None]  # (B, 1)
-        ones = torch.ones_like(new_ids)
-        attention_mask = torch.cat([attention_mask, ones], dim=-1)  # (B, S)
-        token_type_ids = torch.cat([token_type_ids, ones], dim=-1)  # generated tokens are suffix: causal
-        position_ids = torch.cat([position_ids, position_ids[:, -1:] + 1], dim=-1)
+        next_position = next_position + 1
+        attention_mask = full_attention_mask[:, :prompt_length + step + 1]  # (B, S)
         if use_cache:
             # Decode: only the new token; the cache holds everything before it.
-            output = _forward(model, new_ids, None, attention_mask, ones, position_ids[:, -1:], output.kv_cache)
+            output = model.decode_step(new_ids, attention_mask, next_position, output.kv_cache)
         else:
             input_ids = torch.cat([input_ids, new_ids], dim=-1)  # (B, T + step + 1)
+            token_type_ids = torch.cat([token_type_ids, suffix_type], dim=-1)
+            position_ids = torch.cat([position_ids, next_position], dim=-1)
             output = _forward(model, input_ids, pixel_values, attention_mask, token_type_ids, position_ids, None)
 
 

@@ -5,6 +5,7 @@ them against this module). SigLIP uses plain ``torch.nn.LayerNorm``.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -21,8 +22,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     by the weight, which rounds differently in bfloat16.
     https://github.com/huggingface/transformers/pull/29402
     """
-    x32 = x.float()
-    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    # F.rms_norm is x * rsqrt(mean(x**2) + eps) in one call (the normalization chapter writes it out).
+    normed = F.rms_norm(x.float(), (x.shape[-1],), eps=eps)
     # Gemma stores the scale as an offset from 1 (initialized to zeros): big_vision's
     # `scale = 1 + scale_param`, kept so checkpoints load unchanged.
     return (normed * (1.0 + weight.float())).type_as(x)

@@ -29,7 +29,7 @@ from torch import nn
 from pgemma.config import PaliGemmaConfig
 from pgemma.gemma import GemmaForCausalLM
 from pgemma.kv_cache import KVCache
-from pgemma.masks import decoder_mask
+from pgemma.masks import decoder_mask, padding_mask
 from pgemma.siglip import SiglipVisionModel
 
 IGNORE_INDEX = -100  # label value that contributes no loss, as in torch and transformers
@@ -161,6 +161,29 @@ class PaliGemmaForConditionalGeneration(nn.Module):
             hidden_states = PaliGemmaHiddenStates(vision_states, image_features, decoder_states)
         return PaliGemmaOutput(logits, kv_cache, loss, hidden_states)
 
+    @torch.inference_mode()
+    def decode_step(
+        self, new_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, kv_cache: KVCache
+    ) -> PaliGemmaOutput:
+        """The generation loop's step: one new token per row after the cache, logits of that token only.
+
+        Args:
+            new_ids: int[B, 1], the tokens just chosen.
+            attention_mask: int[B, S] over cached + new tokens (S = kv_cache.length + 1).
+            position_ids: int[B, 1], their RoPE positions.
+            kv_cache: the cache after the prompt and the earlier steps.
+        Returns:
+            logits float[B, 1, V] and the cache advanced by one.
+        Note: computes exactly ``forward(new_ids, None, attention_mask, ones, position_ids, kv_cache,
+        logits_to_keep=1)``, minus its input checks (the loop made these tensors itself) and its
+        general mask: the newest token may see every real key (``masks.decoder_mask``). Runs in
+        ``torch.inference_mode``: generation never needs gradients.
+        """
+        inputs_embeds = self.embed_text(new_ids)  # (B, 1, D)
+        mask = padding_mask(attention_mask)[:, None, None, :]  # (B, 1, 1, S)
+        logits, kv_cache, _ = self.language_model(inputs_embeds, mask, position_ids, kv_cache, logits_to_keep=1)
+        return PaliGemmaOutput(logits, kv_cache, None)
+
     def _check_inputs(
         self,
         input_ids: torch.Tensor,
@@ -179,9 +202,10 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         batch, length = input_ids.shape
         if length == 0:
             raise ValueError("input_ids is empty: pass at least one token per row")
-        if input_ids.min() < 0 or input_ids.max() >= text.vocab_size:
+        smallest, largest = (value.item() for value in torch.aminmax(input_ids))
+        if smallest < 0 or largest >= text.vocab_size:
             raise ValueError(f"input_ids must be in [0, {text.vocab_size}) (the vocabulary size), "
-                             f"got values from {input_ids.min().item()} to {input_ids.max().item()}")
+                             f"got values from {smallest} to {largest}")
         cache_length = 0 if kv_cache is None else kv_cache.length
         if cache_length + length > text.max_position_embeddings:
             raise ValueError(f"{cache_length} cached + {length} new tokens exceed the context of "

@@ -1,0 +1,88 @@
+"""Large CPU matrix products through oneDNN: an opt-in swap of the model's ``nn.Linear`` layers.
+
+Book: no chapter; ``benchmarks/README.md`` measures it. The model code keeps plain ``nn.Linear``.
+
+On the CPU, PyTorch computes a float32 ``nn.Linear`` with its BLAS library (Intel MKL in the x86
+wheels). PyTorch also ships oneDNN (``torch.backends.mkldnn``), whose matrix product it uses for
+bfloat16 but not for float32. Measured on the benchmark machine (AMD EPYC, 2 cores, torch 2.13):
+
+    x @ W.T, W 2048 x 2048              MKL       oneDNN
+    8 rows, 1 thread                    1.79 ms   1.01 ms
+    64 rows, 1 thread                   6.53 ms   3.12 ms
+    1 row, W 16384 x 2048, 2 threads    6.35 ms   3.94 ms   (MKL's one-row product uses one core)
+
+For small products the library call costs more than the arithmetic (about 13 us against 2 us for
+one row times 128 x 128), so the choice is made per call, by the number of multiply-adds:
+
+    rows x out_features x in_features >= ONEDNN_MIN_MULTIPLY_ADDS   ->  oneDNN
+    otherwise, or when a gradient is needed, or not float32 on CPU  ->  torch.nn.functional.linear
+
+The two agree up to rounding (they add the products in another order: about 1e-6 relative), so
+``use_onednn`` is opt-in and the reference-exact default stays ``F.linear``. oneDNN's operator has
+no backward, so a layer falls back to ``F.linear`` whenever autograd records. The swapped layers
+keep their Parameters (no copy, a tied output head stays tied) and their names: the state dict and
+checkpoints are unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# 2**20 multiply-adds (one row x 1024 x 1024, 8 rows x 512 x 256, 64 rows x 128 x 128): about where
+# the two libraries break even on the benchmark machine with one thread; above it oneDNN wins.
+ONEDNN_MIN_MULTIPLY_ADDS = 2**20
+# Layers with fewer weights than this (512 x 512) are not swapped: their products gain little even
+# for a long prompt, and the test above would cost every one-row decode step a little time.
+ONEDNN_MIN_WEIGHTS = 2**18
+
+
+def onednn_available() -> bool:
+    """True when this PyTorch build has oneDNN and its linear operator."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def use_onednn_for(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``x @ weight.T`` is large enough, and of the right kind, to go through oneDNN."""
+    rows = x.numel() // x.shape[-1]
+    if rows * weight.numel() < ONEDNN_MIN_MULTIPLY_ADDS:  # first: the cheapest test, and the usual answer
+        return False
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    return not needs_grad and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
+
+
+def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)`` computed by oneDNN: float[..., in] -> float[..., out]."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class OneDNNLinear(nn.Linear):
+    """``nn.Linear`` that sends its large float32 CPU products to oneDNN (inference only)."""
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> OneDNNLinear:
+        """The same layer, sharing ``linear``'s weight and bias Parameters."""
+        with torch.device("meta"):  # shapes only: the Parameters come from `linear`
+            layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+        layer.weight, layer.bias = linear.weight, linear.bias
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_onednn_for(x, self.weight):
+            return onednn_linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+def use_onednn(model: nn.Module) -> nn.Module:
+    """Swap each ``nn.Linear`` with at least ``ONEDNN_MIN_WEIGHTS`` weights for a ``OneDNNLinear``.
+
+    Works in place and returns ``model``; does nothing when PyTorch was built without oneDNN.
+    """
+    if not onednn_available():
+        return model
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.Linear and child.weight.numel() >= ONEDNN_MIN_WEIGHTS:
+                setattr(parent, name, OneDNNLinear.from_linear(child))
+    return model
