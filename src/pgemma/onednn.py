@@ -45,8 +45,8 @@ def onednn_available() -> bool:
 
 def use_onednn_for(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``x @ weight.T`` is large enough, and of the right kind, to go through oneDNN."""
-    rows = x.numel() // x.shape[-1]
-    if rows * weight.numel() < ONEDNN_MIN_MULTIPLY_ADDS:  # first: the cheapest test, and the usual answer
+    multiply_adds = x.numel() * weight.shape[0]  # rows x in_features x out_features
+    if multiply_adds < ONEDNN_MIN_MULTIPLY_ADDS:  # first: the cheapest test, and the usual answer
         return False
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     return not needs_grad and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32
