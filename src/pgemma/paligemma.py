@@ -29,7 +29,7 @@ from torch import nn
 from pgemma.config import PaliGemmaConfig
 from pgemma.gemma import GemmaForCausalLM
 from pgemma.kv_cache import KVCache
-from pgemma.masks import decoder_mask, padding_mask
+from pgemma.masks import decoder_mask
 from pgemma.siglip import SiglipVisionModel
 
 IGNORE_INDEX = -100  # label value that contributes no loss, as in torch and transformers
@@ -175,12 +175,11 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         Returns:
             logits float[B, 1, V] and the cache advanced by one.
         Note: computes exactly ``forward(new_ids, None, attention_mask, ones, position_ids, kv_cache,
-        logits_to_keep=1)``, minus its input checks (the loop made these tensors itself) and its
-        general mask: the newest token may see every real key (``masks.decoder_mask``). Runs in
+        logits_to_keep=1)``, minus its input checks: the loop made these tensors itself. Runs in
         ``torch.inference_mode``: generation never needs gradients.
         """
         inputs_embeds = self.embed_text(new_ids)  # (B, 1, D)
-        mask = padding_mask(attention_mask)[:, None, None, :]  # (B, 1, 1, S)
+        mask = decoder_mask(1, attention_mask.shape[1], attention_mask)  # (B, 1, 1, S): every real key
         logits, kv_cache, _ = self.language_model(inputs_embeds, mask, position_ids, kv_cache, logits_to_keep=1)
         return PaliGemmaOutput(logits, kv_cache, None)
 
