@@ -41,6 +41,7 @@ import torch
 from pgemma.checkpoint import load_config, load_model
 from pgemma.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
 from pgemma.generate import generate_tokens
+from pgemma.fusion import fuse_projections
 from pgemma.onednn import use_onednn
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from pgemma.processor import ProcessorBatch
@@ -253,7 +254,7 @@ def child(library: str, path: str, batch_size: int, new_tokens: int, threads: in
     baseline = _memory_kb("VmRSS")
     start = time.perf_counter()
     if library == "pgemma":
-        model = use_onednn(load_model(path, use_sdpa=True))
+        model = use_onednn(fuse_projections(load_model(path, use_sdpa=True)))
     else:
         model = transformers.PaliGemmaForConditionalGeneration.from_pretrained(path).eval()
     load_s = time.perf_counter() - start
@@ -327,14 +328,14 @@ def benchmark_checkpoint(name: str, path: Path, args: argparse.Namespace) -> Non
     import transformers
 
     print(f"\n== {name}: {path}")
-    model = use_onednn(load_model(path, use_sdpa=True))
+    model = use_onednn(fuse_projections(load_model(path, use_sdpa=True)))
     hf_model = transformers.PaliGemmaForConditionalGeneration.from_pretrained(path).eval()
     params = sum(p.numel() for p in model.parameters())
     size = checkpoint_bytes(path)
     weights = decode_weight_bytes(model)
     print(f"  {params / 1e6:.1f}M parameters, checkpoint {size / 2**20:.1f} MiB, "
           f"{weights / 2**20:.1f} MiB of weights read per decode step; transformers attention: "
-          f"{hf_model.config._attn_implementation}, pgemma: use_sdpa=True + use_onednn")
+          f"{hf_model.config._attn_implementation}, pgemma: use_sdpa=True + fuse_projections + use_onednn")
     new_tokens = args.new_tokens_small if name == "small" else args.new_tokens_300m
     for batch_size in (1, 8):
         batch = random_batch(model.config, batch_size, TEXT_LENGTH, seed=batch_size)

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CONFIGS, make_inputs, random_model
 from PIL import Image
 from test_tokenizer import make_tokenizer
 from torch import nn
@@ -20,6 +21,7 @@ from pgemma.generate import (
     make_generator,
     sample_next_token,
 )
+from pgemma.kv_cache import KVCache
 from pgemma.processor import PaliGemmaProcessor, load_processor
 from pgemma.tokenizer import PaliGemmaTokenizer
 
@@ -95,8 +97,6 @@ def test_cached_matches_uncached_oracle(model, batch):
 
 
 def test_decode_step_is_forward_with_one_new_token(model, batch):
-    from pgemma.kv_cache import KVCache
-
     batch_size, length = batch.input_ids.shape
     assert batch.attention_mask[:, 0].eq(0).any()  # a padded row: the mask must hide its padding keys
     positions = batch.attention_mask.cumsum(-1).clamp(min=1)
@@ -150,14 +150,16 @@ class EndsRowZero(nn.Module):
                 logits_to_keep=None):
         output = self.model(input_ids, pixel_values, attention_mask, token_type_ids, position_ids, kv_cache,
                             logits_to_keep=logits_to_keep)
-        return self.prefer_eos(output, attention_mask)
+        return self.prefer_eos(output, attention_mask.shape[1])
 
     @torch.inference_mode()
     def decode_step(self, new_ids, attention_mask, position_ids, kv_cache):
-        return self.prefer_eos(self.model.decode_step(new_ids, attention_mask, position_ids, kv_cache), attention_mask)
+        output = self.model.decode_step(new_ids, attention_mask, position_ids, kv_cache)
+        return self.prefer_eos(output, kv_cache.length + new_ids.shape[1])
 
-    def prefer_eos(self, output, attention_mask):
-        if attention_mask.shape[1] >= self.prompt_length + self.after:
+    def prefer_eos(self, output, length: int):
+        """``length``: cached + new tokens."""
+        if length >= self.prompt_length + self.after:
             output.logits[0, -1, self.config.eos_token_id] = 1e4
         return output
 
@@ -255,3 +257,22 @@ def test_processor_from_another_checkpoint_is_refused(model, processor):
     other = PaliGemmaProcessor(processor.tokenizer, image_size=64, num_image_tokens=64)
     with pytest.raises(ValueError, match="image_size is 64 but the model's vision_config.image_size is 32"):
         generate(model, other, images(1), "caption en")
+
+
+@pytest.mark.parametrize("use_sdpa", [False, True])
+def test_decode_step_without_padding_needs_no_mask(use_sdpa):
+    config = CONFIGS["grouped_query"]
+    model = random_model(config, seed=4, use_sdpa=use_sdpa)
+    inputs = make_inputs(config, padding=(0, 0))
+    batch_size, length = inputs["input_ids"].shape
+    positions = torch.arange(1, length + 1).expand(batch_size, length)
+    new_ids = torch.full((batch_size, 1), 7)
+    mask = torch.ones(batch_size, length + 1, dtype=torch.long)
+    logits = []
+    for step_mask in (mask, None):
+        with torch.inference_mode():
+            cache = KVCache.empty(config.text_config, batch_size, length + 1)
+            prefill = model(inputs["input_ids"], inputs["pixel_values"], mask[:, :length], inputs["token_type_ids"],
+                            positions, cache, logits_to_keep=1)
+            logits.append(model.decode_step(new_ids, step_mask, positions[:, -1:] + 1, prefill.kv_cache).logits)
+    assert torch.equal(*logits)

@@ -12,6 +12,7 @@ from torch import nn
 
 from pgemma.attention import attention
 from pgemma.config import GemmaConfig
+from pgemma.fusion import FusedProjections
 from pgemma.kv_cache import KVCache
 from pgemma.norms import GemmaRMSNorm
 from pgemma.rope import apply_rope, rope_cos_sin
@@ -25,10 +26,15 @@ class GemmaMLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.fused_gate_up: FusedProjections | None = None  # gate and up in one product: pgemma.fusion
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_gate_up is not None and self.fused_gate_up.usable():
+            gate, up = self.fused_gate_up(x).chunk(2, dim=-1)  # (B, T, F) each, from one product
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)  # (B, T, F) each
         # The tanh approximation of GELU: what Gemma was trained with (config "gelu_pytorch_tanh").
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
 
 
 class GemmaAttention(nn.Module):
@@ -42,13 +48,14 @@ class GemmaAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+        self.fused_qkv: FusedProjections | None = None  # q, k and v in one product: pgemma.fusion
 
     def forward(
         self,
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
         kv_cache: KVCache | None,
         layer: int,
         return_weights: bool = False,
@@ -57,17 +64,25 @@ class GemmaAttention(nn.Module):
 
         Args:
             cos, sin: float[B, T, H] RoPE angles of the T new tokens.
-            mask: bool[B, 1, T, S], S = cached + new tokens.
+            mask: bool[B, 1, T, S], S = cached + new tokens; None lets every query see every key.
             kv_cache: where this layer's earlier keys and values are (None: no cache, S = T).
             layer: this layer's index into the cache.
             return_weights: also return the attention weights float[B, N, T, S] (rows sum to 1),
                 computed on the explicit path even when the layer uses SDPA.
         """
         batch, length, _ = x.shape
-        q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, N, T, H)
-        k = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, H)
-        v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, H)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        heads, kv_heads = self.num_heads, self.num_kv_heads
+        if self.fused_qkv is not None and self.fused_qkv.usable():
+            # One product for q, k and v (pgemma.fusion), then one rotation for q and k together.
+            qkv = self.fused_qkv(x).view(batch, length, heads + 2 * kv_heads, self.head_dim)  # (B, T, N+2K, H)
+            qkv = qkv.transpose(1, 2)  # (B, N+2K, T, H)
+            q_and_k = apply_rope(qkv[:, :heads + kv_heads], cos, sin)  # (B, N+K, T, H)
+            q, k, v = q_and_k[:, :heads], q_and_k[:, heads:], qkv[:, heads + kv_heads:]
+        else:
+            q = self.q_proj(x).view(batch, length, heads, self.head_dim).transpose(1, 2)  # (B, N, T, H)
+            k = self.k_proj(x).view(batch, length, kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, H)
+            v = self.v_proj(x).view(batch, length, kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, H)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, K, S, H)
         if return_weights:
@@ -88,7 +103,7 @@ class GemmaDecoderLayer(nn.Module):
         self.post_attention_layernorm = GemmaRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = GemmaMLP(config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 kv_cache: KVCache | None, layer: int) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
@@ -107,7 +122,7 @@ class GemmaModel(nn.Module):
     def forward(
         self,
         inputs_embeds: torch.Tensor,
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
         position_ids: torch.Tensor,
         kv_cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, KVCache | None, list[torch.Tensor]]:
@@ -115,7 +130,7 @@ class GemmaModel(nn.Module):
 
         Args:
             inputs_embeds: float[B, T, D].
-            mask: bool[B, 1, T, S] from ``masks.decoder_mask``.
+            mask: bool[B, 1, T, S] from ``masks.decoder_mask``, or None (every query sees every key).
             position_ids: int[B, T] RoPE positions.
             kv_cache: the cache holding S - T earlier tokens, or None.
         Returns:
@@ -154,7 +169,7 @@ class GemmaForCausalLM(nn.Module):
     def forward(
         self,
         inputs_embeds: torch.Tensor,
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
         position_ids: torch.Tensor,
         kv_cache: KVCache | None = None,
         logits_to_keep: int | None = None,

@@ -171,6 +171,8 @@ def generate_tokens(
     # Every token written from here on is real: the attention mask of step i is the first
     # prompt_length + i + 1 columns of this one, a view rather than a new tensor per step.
     full_attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch_size, max_new_tokens)], dim=-1)
+    # Without padding every new token sees every key: the decode steps then need no mask at all.
+    padded = not attention_mask.all()
 
     # Prefill: the image is encoded here, once.
     output = _forward(model, input_ids, pixel_values, attention_mask, token_type_ids, position_ids, cache)
@@ -190,7 +192,7 @@ def generate_tokens(
         attention_mask = full_attention_mask[:, :prompt_length + step + 1]  # (B, S)
         if use_cache:
             # Decode: only the new token; the cache holds everything before it.
-            output = model.decode_step(new_ids, attention_mask, next_position, output.kv_cache)
+            output = model.decode_step(new_ids, attention_mask if padded else None, next_position, output.kv_cache)
         else:
             input_ids = torch.cat([input_ids, new_ids], dim=-1)  # (B, T + step + 1)
             token_type_ids = torch.cat([token_type_ids, suffix_type], dim=-1)

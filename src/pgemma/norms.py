@@ -22,11 +22,12 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     by the weight, which rounds differently in bfloat16.
     https://github.com/huggingface/transformers/pull/29402
     """
-    # F.rms_norm is x * rsqrt(mean(x**2) + eps) in one call (the normalization chapter writes it out).
-    normed = F.rms_norm(x.float(), (x.shape[-1],), eps=eps)
     # Gemma stores the scale as an offset from 1 (initialized to zeros): big_vision's
     # `scale = 1 + scale_param`, kept so checkpoints load unchanged.
-    return (normed * (1.0 + weight.float())).type_as(x)
+    scale = 1.0 + weight.float()  # (D,)
+    # F.rms_norm is x * rsqrt(mean(x**2) + eps) * scale in one call (the normalization chapter writes
+    # it out); it multiplies in that order, so the result is bitwise the same.
+    return F.rms_norm(x.float(), (x.shape[-1],), weight=scale, eps=eps).type_as(x)
 
 
 class GemmaRMSNorm(nn.Module):

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pgemma.fusion import fused_projections
+
 # 2**20 multiply-adds (one row x 1024 x 1024, 8 rows x 512 x 256, 64 rows x 128 x 128): about where
 # the two libraries break even on the benchmark machine with one thread; above it oneDNN wins.
 ONEDNN_MIN_MULTIPLY_ADDS = 2**20
@@ -57,6 +59,13 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, by oneDNN when ``use_onednn_for`` says so, else by ``F.linear``."""
+    if use_onednn_for(x, weight):
+        return onednn_linear(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
 class OneDNNLinear(nn.Linear):
     """``nn.Linear`` that sends its large float32 CPU products to oneDNN (inference only)."""
 
@@ -69,14 +78,13 @@ class OneDNNLinear(nn.Linear):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if use_onednn_for(x, self.weight):
-            return onednn_linear(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 def use_onednn(model: nn.Module) -> nn.Module:
     """Swap each ``nn.Linear`` with at least ``ONEDNN_MIN_WEIGHTS`` weights for a ``OneDNNLinear``.
 
+    Fused projections (``pgemma.fusion``, apply them first) of that size compute through ``linear``.
     Works in place and returns ``model``; does nothing when PyTorch was built without oneDNN.
     """
     if not onednn_available():
@@ -85,4 +93,7 @@ def use_onednn(model: nn.Module) -> nn.Module:
         for name, child in parent.named_children():
             if type(child) is nn.Linear and child.weight.numel() >= ONEDNN_MIN_WEIGHTS:
                 setattr(parent, name, OneDNNLinear.from_linear(child))
+    for fused in fused_projections(model):
+        if fused.weight.numel() >= ONEDNN_MIN_WEIGHTS:
+            fused.linear = linear
     return model

@@ -163,13 +163,14 @@ class PaliGemmaForConditionalGeneration(nn.Module):
 
     @torch.inference_mode()
     def decode_step(
-        self, new_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, kv_cache: KVCache
+        self, new_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor, kv_cache: KVCache
     ) -> PaliGemmaOutput:
         """The generation loop's step: one new token per row after the cache, logits of that token only.
 
         Args:
             new_ids: int[B, 1], the tokens just chosen.
-            attention_mask: int[B, S] over cached + new tokens (S = kv_cache.length + 1).
+            attention_mask: int[B, S] over cached + new tokens (S = kv_cache.length + 1), or None
+                when no row has padding: the new token then sees every key and needs no mask.
             position_ids: int[B, 1], their RoPE positions.
             kv_cache: the cache after the prompt and the earlier steps.
         Returns:
@@ -179,7 +180,9 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         ``torch.inference_mode``: generation never needs gradients.
         """
         inputs_embeds = self.embed_text(new_ids)  # (B, 1, D)
-        mask = decoder_mask(1, attention_mask.shape[1], attention_mask)  # (B, 1, 1, S): every real key
+        mask = None
+        if attention_mask is not None:
+            mask = decoder_mask(1, attention_mask.shape[1], attention_mask)  # (B, 1, 1, S): every real key
         logits, kv_cache, _ = self.language_model(inputs_embeds, mask, position_ids, kv_cache, logits_to_keep=1)
         return PaliGemmaOutput(logits, kv_cache, None)
 

@@ -1,0 +1,119 @@
+"""Fused projections: the same numbers from fewer products, no extra memory, training unaffected."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import CONFIGS, make_inputs, random_model
+from torch import nn
+
+from pgemma import fusion, onednn
+from pgemma.fusion import FusedProjections, fuse_projections, fused_projections
+from pgemma.generate import generate_tokens
+from pgemma.processor import ProcessorBatch
+
+
+def count_fused_calls(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    original = FusedProjections.__call__
+    monkeypatch.setattr(FusedProjections, "__call__", lambda self, x: calls.append(1) or original(self, x))
+    return calls
+
+
+def greedy(model, inputs: dict, new_tokens: int = 6, padded: bool = True) -> torch.Tensor:
+    attention_mask = inputs["attention_mask"] if padded else torch.ones_like(inputs["attention_mask"])
+    batch = ProcessorBatch(inputs["input_ids"], attention_mask, torch.zeros_like(inputs["input_ids"]),
+                           inputs["pixel_values"], None)
+    return torch.stack(list(generate_tokens(model, batch, max_new_tokens=new_tokens)), dim=1)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_fused_model_computes_the_same_logits_and_tokens(name, monkeypatch):
+    config = CONFIGS[name]
+    plain, fused = random_model(config, seed=1), fuse_projections(random_model(config, seed=1))
+    calls = count_fused_calls(monkeypatch)
+    inputs = make_inputs(config)
+    with torch.no_grad():
+        expected, ours = plain(**inputs), fused(**inputs)
+    layers = config.text_config.num_hidden_layers
+    assert len(calls) == 2 * layers  # q/k/v and gate/up of every layer, one product each
+    # Each output is the same dot product over the same row of weights: equal bit for bit here.
+    torch.testing.assert_close(ours.logits, expected.logits, rtol=1e-6, atol=1e-6)
+    for padded in (True, False):  # without padding the decode steps run without a mask
+        assert torch.equal(greedy(fused, inputs, padded=padded), greedy(plain, inputs, padded=padded))
+
+
+def test_weights_become_views_no_parameter_or_key_changes():
+    config = CONFIGS["grouped_query"]
+    model = random_model(config)
+    names, state = [n for n, _ in model.named_parameters()], model.state_dict()
+    before = {key: value.clone() for key, value in state.items()}
+    fuse_projections(model)
+    assert [n for n, _ in model.named_parameters()] == names
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    attention = model.language_model.model.layers[0].self_attn
+    fused = attention.fused_qkv
+    assert fused.weight.shape == (attention.q_proj.out_features + 2 * attention.k_proj.out_features,
+                                  config.text_config.hidden_size)
+    for layer in (attention.q_proj, attention.k_proj, attention.v_proj):  # no weight is stored twice
+        assert layer.weight.untyped_storage().data_ptr() == fused.weight.untyped_storage().data_ptr()
+    assert len(fused_projections(model)) == 2 * config.text_config.num_hidden_layers
+
+
+def test_training_uses_the_separate_layers_and_updates_the_fused_matrix(monkeypatch):
+    config = CONFIGS["multi_head"]
+    plain, fused = random_model(config, seed=2), fuse_projections(random_model(config, seed=2))
+    calls = count_fused_calls(monkeypatch)
+    inputs = make_inputs(config)
+    for model in (plain, fused):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        model(**inputs).loss.backward()  # autograd records: the separate layers run
+        optimizer.step()
+    assert not calls
+    for a, b in zip(plain.parameters(), fused.parameters()):
+        assert torch.equal(a.grad, b.grad) and torch.equal(a, b)
+    with torch.no_grad():  # the fused matrix saw the in-place update of its views
+        torch.testing.assert_close(fused(**inputs).logits, plain(**inputs).logits, rtol=1e-6, atol=1e-6)
+    assert calls
+
+
+def test_moved_or_cast_weights_fall_back_to_the_separate_layers(monkeypatch):
+    config = CONFIGS["multi_query"]
+    model = fuse_projections(random_model(config, seed=3)).double()  # the views are replaced by copies
+    calls = count_fused_calls(monkeypatch)
+    inputs = make_inputs(config)
+    inputs["pixel_values"] = inputs["pixel_values"].double()
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert not calls and logits.dtype == torch.float64
+    fuse_projections(model)  # fusing again after the cast
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, logits)
+    assert calls
+
+
+def test_only_small_groups_are_fused():
+    config = CONFIGS["grouped_query"]
+    model = random_model(config)
+    mlp = model.language_model.model.layers[0].mlp
+    gate_up = mlp.gate_proj.weight.numel() + mlp.up_proj.weight.numel()
+    fuse_projections(model, max_weights=gate_up - 1)
+    assert mlp.fused_gate_up is None
+    assert model.language_model.model.layers[0].self_attn.fused_qkv is not None  # smaller than gate/up
+    assert fusion.FUSE_MAX_WEIGHTS == 2**20
+
+
+def test_layers_that_cannot_be_fused_are_refused():
+    with pytest.raises(ValueError, match="without bias"):
+        FusedProjections([nn.Linear(4, 3), nn.Linear(4, 3, bias=False)])
+    with pytest.raises(ValueError, match=r"same input width, got \[4, 5\]"):
+        FusedProjections([nn.Linear(4, 3, bias=False), nn.Linear(5, 3, bias=False)])
+
+
+@pytest.mark.skipif(not onednn.onednn_available(), reason="this PyTorch build has no oneDNN")
+def test_use_onednn_sends_large_fused_products_to_onednn(monkeypatch):
+    monkeypatch.setattr(onednn, "ONEDNN_MIN_WEIGHTS", 0)
+    model = onednn.use_onednn(fuse_projections(random_model(CONFIGS["grouped_query"])))
+    assert all(fused.linear is onednn.linear for fused in fused_projections(model))
+    plain = fuse_projections(random_model(CONFIGS["grouped_query"]))
+    assert all(fused.linear is F.linear for fused in fused_projections(plain))
