@@ -184,8 +184,8 @@ def box_iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
 
 
 def caption(scene: Scene) -> str:
-    """'a red circle left of a blue square' (shapes named left to right)."""
-    return " left of ".join(f"a {s.colour} {s.kind}" for s in scene.shapes)
+    """'a red circle left of an orange square' (shapes named left to right)."""
+    return " left of ".join(f"{'an' if s.colour[0] in 'aeiou' else 'a'} {s.colour} {s.kind}" for s in scene.shapes)
 
 
 def scene_tasks(scene: Scene, rng: random.Random | None = None) -> dict[str, tuple[str, str]]:
