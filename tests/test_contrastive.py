@@ -177,8 +177,12 @@ def test_figures_draw_and_the_sigmoid_pairs_title_is_the_loss():
     figures = [figure, viz.plot_similarity_matrix(similarity, [f"c{i}" for i in range(6)]),
                viz.plot_softmax_directions(similarity * 5),
                viz.plot_cost_vs_batch([1, 2], {"a": [1.0, 4.0]}, ylabel="bytes", title="t"),
-               viz.plot_retrieval([8, 32], {"softmax": [0.1, 0.2], "sigmoid": [0.2, 0.3]}, chance=0.05),
                viz.plot_attention_pooling(torch.zeros(3, 32, 32), torch.rand(2, 16), patch_size=8)]
+    retrieval = viz.plot_retrieval([8, 32], {"softmax": [[0.1, 0.15], [0.2, 0.1]], "sigmoid": [[0.2, 0.25], [0.3, 0.3]]},
+                                   chance=0.05)
+    assert [bar.get_height() for bar in retrieval.axes[0].patches] == pytest.approx([0.125, 0.15, 0.225, 0.3])  # means
+    assert sum(len(dots.get_offsets()) for dots in retrieval.axes[0].collections) == 8  # one dot per seed
+    figures.append(retrieval)
     for figure in figures:
         assert figure.axes
         matplotlib.pyplot.close(figure)

@@ -92,17 +92,25 @@ def plot_cost_vs_batch(batch_sizes: list[int], values: dict[str, list[float]], y
     return figure
 
 
-def plot_retrieval(batch_sizes: list[int], accuracy: dict[str, list[float]], chance: float) -> Figure:
-    """Held-out image-to-caption retrieval accuracy against the training batch size, per loss."""
+def plot_retrieval(batch_sizes: list[int], accuracy: dict[str, list[list[float]]], chance: float) -> Figure:
+    """Held-out image-to-caption retrieval accuracy against the training batch size, per loss.
+
+    Args:
+        accuracy: per loss, one list per batch size with the accuracy of every seed; a bar shows
+            their mean and a dot each seed.
+    """
     figure, ax = plt.subplots(figsize=(6, 4))
     width = 0.8 / len(accuracy)
-    for k, (name, values) in enumerate(accuracy.items()):
+    for k, (name, per_batch) in enumerate(accuracy.items()):
         positions = [i + (k - (len(accuracy) - 1) / 2) * width for i in range(len(batch_sizes))]
-        ax.bar(positions, values, width=width, label=name)
+        bars = ax.bar(positions, [sum(runs) / len(runs) for runs in per_batch], width=width, label=name, alpha=0.7)
+        for position, runs in zip(positions, per_batch):
+            ax.scatter([position] * len(runs), runs, s=12, color=bars.patches[0].get_facecolor(), edgecolor="black",
+                       linewidth=0.5, zorder=3)
     ax.axhline(chance, color="gray", linestyle="--", label="chance")
     ax.set_xticks(range(len(batch_sizes)), [str(b) for b in batch_sizes])
     ax.set_xlabel("training batch size B")
-    ax.set_ylabel("top-1 retrieval accuracy")
+    ax.set_ylabel("top-1 retrieval accuracy (bars: mean, dots: seeds)")
     ax.set_ylim(0, 1)
     ax.legend()
     figure.tight_layout()
