@@ -117,3 +117,20 @@ def test_use_onednn_sends_large_fused_products_to_onednn(monkeypatch):
     assert all(fused.linear is onednn.linear for fused in fused_projections(model))
     plain = fuse_projections(random_model(CONFIGS["grouped_query"]))
     assert all(fused.linear is F.linear for fused in fused_projections(plain))
+
+
+def test_loading_weights_into_a_fused_model_reaches_the_fused_matrix(monkeypatch):
+    config = CONFIGS["grouped_query"]
+    fused, other = fuse_projections(random_model(config, seed=5)), random_model(config, seed=6)
+    calls = count_fused_calls(monkeypatch)
+    inputs = make_inputs(config)
+    fused.load_state_dict(other.state_dict())  # copies into the Parameters in place: into the views
+    with torch.no_grad():
+        torch.testing.assert_close(fused(**inputs).logits, other(**inputs).logits, rtol=1e-6, atol=1e-6)
+    assert calls
+    calls.clear()
+    fused.load_state_dict(random_model(config, seed=7).state_dict(), assign=True)  # new Parameters: no views
+    with torch.no_grad():
+        torch.testing.assert_close(fused(**inputs).logits, random_model(config, seed=7)(**inputs).logits,
+                                   rtol=1e-6, atol=1e-6)
+    assert not calls
