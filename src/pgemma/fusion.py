@@ -11,8 +11,9 @@ matrix gives the same numbers with one product per group:
 
 While decoding one token on a CPU, each call costs microseconds of overhead and the matrices are
 small, so fewer, larger products make a step faster. big_vision's Gemma stores its weights this way
-(``qkv_einsum``, ``gating_einsum``); the Hugging Face checkpoints keep them apart, and so do our
-modules, whose names are the checkpoint keys.
+(``qkv_einsum``, or ``q_einsum`` and a stacked ``kv_einsum`` when keys and values have fewer heads;
+``gating_einsum``); the Hugging Face checkpoints keep them apart, and so do our modules, whose
+names are the checkpoint keys.
 
 Fusing pays where the products are small: a product of 2**20 float32 weights (4 MiB) already takes
 about 100 us at memory speed, against a few microseconds saved per call. Larger groups stay apart
