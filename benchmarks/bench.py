@@ -40,8 +40,8 @@ import torch
 
 from pgemma.checkpoint import load_config, load_model
 from pgemma.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
-from pgemma.generate import generate_tokens
 from pgemma.fusion import fuse_projections
+from pgemma.generate import generate_tokens
 from pgemma.onednn import use_onednn
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from pgemma.processor import ProcessorBatch
@@ -52,6 +52,15 @@ TEXT_LENGTH = 12  # <bos> + 11 random prompt ids after the image tokens
 # which other processes on a shared machine do not inflate by taking turns on the cores, but which
 # adds up the time of every thread, so it is only meaningful with one thread.
 clock = time.perf_counter
+
+
+# pgemma's settings for every figure: load_model(path, use_sdpa=True), then this.
+PGEMMA_SETTINGS = "use_sdpa=True + fuse_projections + use_onednn"
+
+
+def prepare_for_generation(model: PaliGemmaForConditionalGeneration) -> PaliGemmaForConditionalGeneration:
+    """The rest of ``PGEMMA_SETTINGS``: stacked q/k/v and gate/up products, oneDNN for large ones."""
+    return use_onednn(fuse_projections(model))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,8 +251,8 @@ def _memory_kb(field: str) -> int:
 def child(library: str, path: str, batch_size: int, new_tokens: int, threads: int) -> None:
     """Run in a fresh interpreter: load, then generate; print time and peak RSS above the imports.
 
-    pgemma's load is ``load_model``; ``fuse_projections`` and ``use_onednn`` follow it, so the copy
-    fusing makes of the q/k/v and gate/up weights counts in the generation's peak.
+    pgemma's load is ``load_model``; ``prepare_for_generation`` follows it, so the copy fusing makes
+    of the q/k/v and gate/up weights counts in the generation's peak.
 
     The interpreter imports only what a user of the library would (this script's top-level imports):
     importing ``pgemma.train`` first adds about 0.1 s to the first model built in a process.
@@ -263,7 +272,7 @@ def child(library: str, path: str, batch_size: int, new_tokens: int, threads: in
     load_s = time.perf_counter() - start
     load_peak = _memory_kb("VmHWM") - baseline
     if library == "pgemma":  # preparing for fast generation counts in the generation's peak, not the load's
-        use_onednn(fuse_projections(model))
+        prepare_for_generation(model)
     config = load_config(path)
     batch = random_batch(config, batch_size, TEXT_LENGTH, seed=1)
     (pgemma_generate if library == "pgemma" else transformers_generate)(model, batch, new_tokens)
@@ -333,14 +342,14 @@ def benchmark_checkpoint(name: str, path: Path, args: argparse.Namespace) -> Non
     import transformers
 
     print(f"\n== {name}: {path}")
-    model = use_onednn(fuse_projections(load_model(path, use_sdpa=True)))
+    model = prepare_for_generation(load_model(path, use_sdpa=True))
     hf_model = transformers.PaliGemmaForConditionalGeneration.from_pretrained(path).eval()
     params = sum(p.numel() for p in model.parameters())
     size = checkpoint_bytes(path)
     weights = decode_weight_bytes(model)
     print(f"  {params / 1e6:.1f}M parameters, checkpoint {size / 2**20:.1f} MiB, "
           f"{weights / 2**20:.1f} MiB of weights read per decode step; transformers attention: "
-          f"{hf_model.config._attn_implementation}, pgemma: use_sdpa=True + fuse_projections + use_onednn")
+          f"{hf_model.config._attn_implementation}, pgemma: {PGEMMA_SETTINGS}")
     new_tokens = args.new_tokens_small if name == "small" else args.new_tokens_300m
     for batch_size in (1, 8):
         batch = random_batch(model.config, batch_size, TEXT_LENGTH, seed=batch_size)

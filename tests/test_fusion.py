@@ -6,8 +6,10 @@ import torch.nn.functional as F
 from conftest import CONFIGS, make_inputs, random_model
 from torch import nn
 
-from pgemma import fusion, onednn
+from pgemma import onednn
+from pgemma.config import GemmaConfig
 from pgemma.fusion import FusedProjections, fuse_projections, fused_projections
+from pgemma.gemma import GemmaForCausalLM
 from pgemma.generate import generate_tokens
 from pgemma.processor import ProcessorBatch
 
@@ -100,7 +102,12 @@ def test_only_small_groups_are_fused():
     fuse_projections(model, max_weights=gate_up - 1)
     assert mlp.fused_gate_up is None
     assert model.language_model.model.layers[0].self_attn.fused_qkv is not None  # smaller than gate/up
-    assert fusion.FUSE_MAX_WEIGHTS == 2**20
+    # The default limit: 128 x 512 (the shipped model's size) is fused, 1024 x 1024 is not.
+    for width, fused in ((128, True), (1024, False)):
+        text = GemmaConfig(vocab_size=16, hidden_size=width, intermediate_size=width * 4 if fused else width,
+                           num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=64)
+        decoder = fuse_projections(GemmaForCausalLM(text))
+        assert (decoder.model.layers[0].mlp.fused_gate_up is not None) == fused
 
 
 def test_layers_that_cannot_be_fused_are_refused():
