@@ -42,7 +42,7 @@ from pgemma.checkpoint import load_config, load_model
 from pgemma.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
 from pgemma.fusion import fuse_projections
 from pgemma.generate import generate_tokens
-from pgemma.onednn import use_onednn
+from pgemma.fast_linear import use_fast_linear
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from pgemma.processor import ProcessorBatch
 from pgemma.profiling import random_batch, time_decoding
@@ -55,12 +55,12 @@ clock = time.perf_counter
 
 
 # pgemma's settings for every figure: load_model(path, use_sdpa=True), then this.
-PGEMMA_SETTINGS = "use_sdpa=True + fuse_projections + use_onednn"
+PGEMMA_SETTINGS = "use_sdpa=True + fuse_projections + use_fast_linear"
 
 
 def prepare_for_generation(model: PaliGemmaForConditionalGeneration) -> PaliGemmaForConditionalGeneration:
     """The rest of ``PGEMMA_SETTINGS``: stacked q/k/v and gate/up products, oneDNN for large ones."""
-    return use_onednn(fuse_projections(model))
+    return use_fast_linear(fuse_projections(model))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -59,19 +59,19 @@ def test_bad_image_is_one_line_on_stderr(checkpoint, tmp_path):
 
 
 def test_fast_gives_the_same_answer(checkpoint, image_file, capsys, monkeypatch):
-    from pgemma import onednn
+    from pgemma import fast_linear
 
-    monkeypatch.setattr(onednn, "ONEDNN_MIN_WEIGHTS", 0)  # a tiny checkpoint: swap and use every layer
-    monkeypatch.setattr(onednn, "ONEDNN_MIN_MULTIPLY_ADDS", 0)
+    monkeypatch.setattr(fast_linear, "SWAP_MIN_WEIGHTS", 0)  # a tiny checkpoint: swap and use every layer
+    monkeypatch.setattr(fast_linear, "ONEDNN_MIN_MULTIPLY_ADDS", 0)
     argv = ["generate", "--model", str(checkpoint), "--image", str(image_file), "--max-new-tokens", "8",
             "--temperature", "1.5", "--seed", "3"]  # sampled: varied text from a tiny random model
     assert main(argv) == 0
     default = capsys.readouterr().out
     calls = []
-    monkeypatch.setattr(onednn, "onednn_linear", lambda *args: calls.append(1) or torch.nn.functional.linear(*args))
+    monkeypatch.setattr(fast_linear, "onednn_linear", lambda *args: calls.append(1) or torch.nn.functional.linear(*args))
     assert main(argv + ["--fast"]) == 0
     assert capsys.readouterr().out == default and default.strip()
-    assert calls or not onednn.onednn_available()
+    assert calls or not fast_linear.onednn_available()
 
 
 def test_sampling_options_are_reproducible(checkpoint, image_file, capsys):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from conftest import CONFIGS, make_inputs, random_model
 from torch import nn
 
-from pgemma import onednn
+from pgemma import fast_linear
 from pgemma.config import GemmaConfig
 from pgemma.fusion import FusedProjections, fuse_projections, fused_projections
 from pgemma.gemma import GemmaForCausalLM
@@ -117,11 +117,11 @@ def test_layers_that_cannot_be_fused_are_refused():
         FusedProjections([nn.Linear(4, 3, bias=False), nn.Linear(5, 3, bias=False)])
 
 
-@pytest.mark.skipif(not onednn.onednn_available(), reason="this PyTorch build has no oneDNN")
-def test_use_onednn_sends_large_fused_products_to_onednn(monkeypatch):
-    monkeypatch.setattr(onednn, "ONEDNN_MIN_WEIGHTS", 0)
-    model = onednn.use_onednn(fuse_projections(random_model(CONFIGS["grouped_query"])))
-    assert all(fused.linear is onednn.linear for fused in fused_projections(model))
+@pytest.mark.skipif(not fast_linear.onednn_available(), reason="this PyTorch build has no oneDNN")
+def test_use_fast_linear_sends_large_fused_products_to_linear(monkeypatch):
+    monkeypatch.setattr(fast_linear, "SWAP_MIN_WEIGHTS", 0)
+    model = fast_linear.use_fast_linear(fuse_projections(random_model(CONFIGS["grouped_query"])))
+    assert all(fused.linear is fast_linear.linear for fused in fused_projections(model))
     plain = fuse_projections(random_model(CONFIGS["grouped_query"]))
     assert all(fused.linear is F.linear for fused in fused_projections(plain))
 

@@ -57,7 +57,7 @@ class FusedProjections:
             layer.weight = nn.Parameter(rows, requires_grad=layer.weight.requires_grad)
         self.layers = list(layers)
         self.view_pointers = [layer.weight.data_ptr() for layer in layers]
-        self.linear: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.linear  # use_onednn may swap it
+        self.linear: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.linear  # use_fast_linear may swap it
 
     def usable(self) -> bool:
         """True when no gradient is recorded and every layer's weight is still a view into ``weight``."""

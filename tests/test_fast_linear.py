@@ -6,11 +6,11 @@ import torch.nn.functional as F
 from conftest import CONFIGS, make_inputs, random_model
 from torch import nn
 
-from pgemma import onednn
+from pgemma import fast_linear
 from pgemma.config import GemmaConfig
 from pgemma.gemma import GemmaForCausalLM
 from pgemma.generate import generate_tokens
-from pgemma.onednn import OneDNNLinear, onednn_available, onednn_linear, use_onednn, use_onednn_for
+from pgemma.fast_linear import FastLinear, onednn_available, onednn_linear, use_fast_linear, use_onednn_for
 from pgemma.processor import ProcessorBatch
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
@@ -38,12 +38,12 @@ def test_the_choice_depends_on_size_dtype_and_gradients():
 
 
 def test_swap_keeps_parameters_names_and_the_tied_head(monkeypatch):
-    monkeypatch.setattr(onednn, "ONEDNN_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(fast_linear, "SWAP_MIN_WEIGHTS", 0)
     model = random_model(CONFIGS["grouped_query"])
     before = dict(model.named_parameters())
     linears = sum(type(m) is nn.Linear for m in model.modules())
-    assert use_onednn(model) is model
-    assert sum(type(m) is OneDNNLinear for m in model.modules()) == linears > 0
+    assert use_fast_linear(model) is model
+    assert sum(type(m) is FastLinear for m in model.modules()) == linears > 0
     assert not any(type(m) is nn.Linear for m in model.modules())
     after = dict(model.named_parameters())
     assert after.keys() == before.keys() and all(after[name] is before[name] for name in before)
@@ -54,20 +54,20 @@ def test_swap_keeps_parameters_names_and_the_tied_head(monkeypatch):
 def test_only_large_layers_are_swapped():
     text = GemmaConfig(vocab_size=1024, hidden_size=256, intermediate_size=1024, num_hidden_layers=1,
                        num_attention_heads=2, num_key_value_heads=1, head_dim=128)  # embedding 1024 x 256 = 2**18
-    decoder = use_onednn(GemmaForCausalLM(text))
-    swapped = {name for name, module in decoder.named_modules() if isinstance(module, OneDNNLinear)}
+    decoder = use_fast_linear(GemmaForCausalLM(text))
+    swapped = {name for name, module in decoder.named_modules() if isinstance(module, FastLinear)}
     assert swapped == {"model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj",
                        "lm_head"}  # 1024 x 256 each; the attention projections (256 x 256, 128 x 256) stay
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_swapped_model_matches_the_plain_one(name, monkeypatch):
-    monkeypatch.setattr(onednn, "ONEDNN_MIN_WEIGHTS", 0)  # tiny models: swap every layer
-    monkeypatch.setattr(onednn, "ONEDNN_MIN_MULTIPLY_ADDS", 0)  # and send every product to oneDNN
+    monkeypatch.setattr(fast_linear, "SWAP_MIN_WEIGHTS", 0)  # tiny models: swap every layer
+    monkeypatch.setattr(fast_linear, "ONEDNN_MIN_MULTIPLY_ADDS", 0)  # and send every product to oneDNN
     calls = []
-    monkeypatch.setattr(onednn, "onednn_linear", lambda *args: calls.append(1) or onednn_linear(*args))
+    monkeypatch.setattr(fast_linear, "onednn_linear", lambda *args: calls.append(1) or onednn_linear(*args))
     config = CONFIGS[name]
-    plain, swapped = random_model(config, seed=1), use_onednn(random_model(config, seed=1))
+    plain, swapped = random_model(config, seed=1), use_fast_linear(random_model(config, seed=1))
     inputs = make_inputs(config)
     with torch.no_grad():
         expected, ours = plain(**inputs), swapped(**inputs)
@@ -81,9 +81,9 @@ def test_swapped_model_matches_the_plain_one(name, monkeypatch):
 
 
 def test_training_falls_back_to_f_linear(monkeypatch):
-    monkeypatch.setattr(onednn, "ONEDNN_MIN_MULTIPLY_ADDS", 0)
+    monkeypatch.setattr(fast_linear, "ONEDNN_MIN_MULTIPLY_ADDS", 0)
     linear = nn.Linear(64, 32)
-    swapped = OneDNNLinear.from_linear(nn.Linear(64, 32))
+    swapped = FastLinear.from_linear(nn.Linear(64, 32))
     swapped.load_state_dict(linear.state_dict())
     x = torch.randn(4, 64)
     linear(x).square().sum().backward()
@@ -92,7 +92,7 @@ def test_training_falls_back_to_f_linear(monkeypatch):
 
 
 def test_without_onednn_nothing_is_swapped(monkeypatch):
-    monkeypatch.setattr(onednn, "ONEDNN_MIN_WEIGHTS", 0)
-    monkeypatch.setattr(onednn, "onednn_available", lambda: False)
-    model = use_onednn(random_model(CONFIGS["multi_query"]))
-    assert not any(isinstance(m, OneDNNLinear) for m in model.modules())
+    monkeypatch.setattr(fast_linear, "SWAP_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(fast_linear, "onednn_available", lambda: False)
+    model = use_fast_linear(random_model(CONFIGS["multi_query"]))
+    assert not any(isinstance(m, FastLinear) for m in model.modules())
