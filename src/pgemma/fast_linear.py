@@ -74,6 +74,9 @@ def use_gemv_for(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return weight.is_contiguous() and _inference_on_cpu(x, weight)
 
 
+# torch.compile cannot compile oneDNN's operator on a plain weight: in a compiled model it runs as is,
+# between two compiled pieces.
+@torch.compiler.disable
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` computed by oneDNN: float[..., in] -> float[..., out]."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")

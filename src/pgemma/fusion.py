@@ -60,8 +60,12 @@ class FusedProjections:
         self.linear: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.linear  # use_fast_linear may swap it
 
     def usable(self) -> bool:
-        """True when no gradient is recorded and every layer's weight is still a view into ``weight``."""
-        if torch.is_grad_enabled():
+        """True when no gradient is recorded and every layer's weight is still a view into ``weight``.
+
+        False inside ``torch.compile``, which cannot read data pointers, and gains nothing from the
+        stacked product (measured: it calls the separate products as fast).
+        """
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return False
         for layer, pointer in zip(self.layers, self.view_pointers):
             if layer.weight.data_ptr() != pointer:

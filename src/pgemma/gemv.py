@@ -54,6 +54,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     Returns None, after a warning the first time for each shape, when this weight's shape could not
     be compiled.
     """
+    if torch.compiler.is_compiling():  # inside a compiled model: the compiler fuses the loop itself
+        return multiply_and_sum(x.reshape(-1), weight).view(*x.shape[:-1], weight.shape[0])
     shape = tuple(weight.shape)
     if shape in _failed_shapes:
         return None
