@@ -74,12 +74,18 @@ def use_gemv_for(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return weight.is_contiguous() and _inference_on_cpu(x, weight)
 
 
-# torch.compile cannot compile oneDNN's operator on a plain weight: in a compiled model it runs as is,
-# between two compiled pieces.
-@torch.compiler.disable
+# A custom operator, so that torch.compile (pgemma.compiled) calls it as it is: it cannot compile
+# oneDNN's operator on a plain weight, and would otherwise split the graph around every such call.
+@torch.library.custom_op("pgemma::onednn_linear", mutates_args=())
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` computed by oneDNN: float[..., in] -> float[..., out]."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+@onednn_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The output's shape and dtype, all torch.compile needs to know while tracing."""
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
