@@ -8,9 +8,12 @@ import torch.nn.functional as F
 from conftest import CONFIGS, make_inputs, random_model
 
 from pgemma import fast_linear, gemv
+from pgemma.compiled import cpp_compiler
 from pgemma.fast_linear import use_fast_linear, use_gemv_for
 from pgemma.generate import generate_tokens
 from pgemma.processor import ProcessorBatch
+
+needs_compiler = pytest.mark.skipif(cpp_compiler() is None, reason="no C++ compiler for torch.compile")
 
 
 @pytest.fixture(autouse=True)
@@ -20,6 +23,7 @@ def fresh_compiler(monkeypatch):
     monkeypatch.setattr(gemv, "_failed_shapes", set())
 
 
+@needs_compiler
 def test_gemv_equals_f_linear_up_to_rounding():
     generator = torch.Generator().manual_seed(0)
     for rows, columns in [(96, 80), (40, 1000)]:
@@ -31,6 +35,7 @@ def test_gemv_equals_f_linear_up_to_rounding():
             torch.testing.assert_close(out, F.linear(x, weight), rtol=1e-5, atol=1e-4)
 
 
+@needs_compiler
 def test_gemv_runs_under_no_grad_on_parameters():
     layer = torch.nn.Linear(64, 48, bias=False)
     x = torch.randn(1, 64)
@@ -52,6 +57,7 @@ def test_a_shape_that_fails_to_compile_warns_once_and_returns_none(monkeypatch):
         assert gemv.gemv(x, weight) is None
 
 
+@needs_compiler
 def test_more_shapes_than_the_compile_limit_fall_back_instead_of_running_eagerly():
     x = torch.randn(1, 32)
     with torch.inference_mode(), torch._dynamo.config.patch(recompile_limit=2):
@@ -61,6 +67,7 @@ def test_more_shapes_than_the_compile_limit_fall_back_instead_of_running_eagerly
             assert gemv.gemv(x, torch.randn(10, 32)) is None
 
 
+@needs_compiler
 def test_linear_uses_gemv_for_one_row_of_a_large_matrix_and_falls_back_when_it_cannot(monkeypatch):
     weight, bias = torch.randn(512, 512), torch.randn(512)  # 2**18 weights: GEMV_MIN_WEIGHTS
     one_row, two_rows = torch.randn(1, 1, 512), torch.randn(2, 512)
@@ -82,6 +89,7 @@ def test_linear_uses_gemv_for_one_row_of_a_large_matrix_and_falls_back_when_it_c
                                    rtol=1e-5, atol=1e-4)
 
 
+@needs_compiler
 @pytest.mark.slow
 def test_decoding_with_gemv_gives_the_plain_models_tokens(monkeypatch):
     monkeypatch.setattr(fast_linear, "SWAP_MIN_WEIGHTS", 0)  # tiny model: swap every layer
