@@ -21,8 +21,8 @@ shape (about a second each, a few more for the first of a process) and needs a C
 compiling fails, or a model has more shapes of weights than torch.compile keeps versions of one
 function (``torch._dynamo.config.recompile_limit``, 8; a Gemma decoder has five: q and o, k and v,
 gate and up, down, the output head), ``gemv`` warns once per shape and returns None: the caller then
-uses another kernel. The results equal ``F.linear``'s up to
-rounding (the products are added in another order).
+uses another kernel. The results equal ``F.linear``'s up to rounding (the products are added in
+another order).
 """
 
 from __future__ import annotations
