@@ -20,6 +20,7 @@ needs_compiler = pytest.mark.skipif(cpp_compiler() is None, reason="no C++ compi
 def fresh_compiler(monkeypatch):
     """Each test starts with no compiled versions of the product and no shape marked as failed."""
     torch._dynamo.reset()
+    monkeypatch.setattr(gemv, "_compiled_shapes", set())
     monkeypatch.setattr(gemv, "_failed_shapes", set())
 
 
@@ -49,7 +50,7 @@ def test_a_shape_that_fails_to_compile_warns_once_and_returns_none(monkeypatch):
 
     monkeypatch.setattr(gemv, "compiled_multiply_and_sum", lambda: broken)
     weight, x = torch.randn(24, 16), torch.randn(1, 16)
-    with pytest.warns(RuntimeWarning, match=r"torch.compile failed for a 24 x 16 weight \(RuntimeError: no C\+\+ "
+    with pytest.warns(RuntimeWarning, match=r"no compiled product for a 24 x 16 weight \(RuntimeError: no C\+\+ "
                                             r"compiler\); its one-row products use another kernel"):
         assert gemv.gemv(x, weight) is None
     with warnings.catch_warnings():
@@ -58,12 +59,20 @@ def test_a_shape_that_fails_to_compile_warns_once_and_returns_none(monkeypatch):
 
 
 @needs_compiler
-def test_more_shapes_than_the_compile_limit_fall_back_instead_of_running_eagerly():
+@pytest.mark.parametrize("limit", ["ours", "torch.compile's"])
+def test_more_shapes_than_a_limit_fall_back_instead_of_running_eagerly(limit, monkeypatch):
+    if limit == "ours":
+        monkeypatch.setattr(gemv, "MAX_SHAPES", 2)
+        reason = r"2 other shapes are compiled already, MAX_SHAPES"
+    else:
+        monkeypatch.setattr(gemv, "MAX_SHAPES", 100)
+        reason = r"FailOnRecompileLimitHit"
     x = torch.randn(1, 32)
     with torch.inference_mode(), torch._dynamo.config.patch(recompile_limit=2):
         assert gemv.gemv(x, torch.randn(8, 32)) is not None
         assert gemv.gemv(x, torch.randn(9, 32)) is not None
-        with pytest.warns(RuntimeWarning, match=r"for a 10 x 32 weight \(FailOnRecompileLimitHit"):
+        assert gemv.gemv(x, torch.randn(8, 32)) is not None  # compiled already
+        with pytest.warns(RuntimeWarning, match=rf"for a 10 x 32 weight \({reason}"):
             assert gemv.gemv(x, torch.randn(10, 32)) is None
 
 

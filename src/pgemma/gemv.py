@@ -18,10 +18,9 @@ used for one multiply-add, so the product can go no faster than reading the matr
 large as W. ``torch.compile`` fuses the multiplication into the sum and emits one C++ loop that reads
 W once, split across the threads, at nearly the speed of ``W.sum()``. It compiles once per weight
 shape (about a second each, a few more for the first of a process) and needs a C++ compiler. When
-compiling fails, or a model has more shapes of weights than torch.compile keeps versions of one
-function (``torch._dynamo.config.recompile_limit``, 8; a Gemma decoder has five: q and o, k and v,
-gate and up, down, the output head), ``gemv`` warns once per shape and returns None: the caller then
-uses another kernel. The results equal ``F.linear``'s up to rounding (the products are added in
+compiling fails, or after ``MAX_SHAPES`` shapes of weights (a Gemma decoder has five: q and o, k and
+v, gate and up, down, the output head), ``gemv`` warns once per shape and returns None: the caller
+then uses another kernel. The results equal ``F.linear``'s up to rounding (the products are added in
 another order).
 """
 
@@ -33,6 +32,11 @@ from collections.abc import Callable
 
 import torch
 
+# torch.compile keeps at most 8 compiled versions of one function (torch._dynamo.config.recompile_limit);
+# gemv stops there itself, whatever a PyTorch version does when its limit is reached.
+MAX_SHAPES = 8
+
+_compiled_shapes: set[tuple[int, ...]] = set()
 _failed_shapes: set[tuple[int, ...]] = set()
 
 
@@ -59,12 +63,19 @@ def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     shape = tuple(weight.shape)
     if shape in _failed_shapes:
         return None
+    if shape not in _compiled_shapes and len(_compiled_shapes) >= MAX_SHAPES:
+        return _give_up(shape, f"{MAX_SHAPES} other shapes are compiled already, MAX_SHAPES")
     try:
         out = compiled_multiply_and_sum()(x.reshape(-1), weight)  # (out,)
-    except Exception as error:  # no C++ compiler, the limit of compiled versions, ...
-        _failed_shapes.add(shape)
-        warnings.warn(f"pgemma.gemv: torch.compile failed for a {shape[0]} x {shape[1]} weight "
-                      f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-                      "its one-row products use another kernel", RuntimeWarning, stacklevel=2)
-        return None
+    except Exception as error:  # no C++ compiler, torch.compile's own limit, ...
+        message = str(error).splitlines()[0] if str(error) else ""
+        return _give_up(shape, f"{type(error).__name__}: {message}")
+    _compiled_shapes.add(shape)
     return out.view(*x.shape[:-1], shape[0])
+
+
+def _give_up(shape: tuple[int, ...], reason: str) -> None:
+    """Remember that ``shape`` does not compile and say so, once."""
+    _failed_shapes.add(shape)
+    warnings.warn(f"pgemma.gemv: no compiled product for a {shape[0]} x {shape[1]} weight ({reason}); "
+                  "its one-row products use another kernel", RuntimeWarning, stacklevel=3)
