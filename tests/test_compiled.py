@@ -16,15 +16,16 @@ pytestmark = pytest.mark.skipif(compiled.cpp_compiler() is None, reason="no C++ 
 
 @pytest.fixture(autouse=True)
 def fresh_compiler():
-    torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()  # no compiled versions left by other tests count against torch.compile's limit
+    torch._dynamo.reset()  # no compiled versions left by other tests count against torch.compile's limit
+    torch._dynamo.utils.counters.clear()  # and the graphs counted are this test's
 
 
 @pytest.mark.slow
 def test_compiled_model_generates_the_eager_models_tokens(monkeypatch):
     # Every fast path at once on a tiny model: stacked projections, oneDNN and gemv for every layer.
     monkeypatch.setattr(fast_linear, "SWAP_MIN_WEIGHTS", 0)
-    monkeypatch.setattr(fast_linear, "GEMV_MIN_WEIGHTS", 0)
+    monkeypatch.setattr(fast_linear, "GEMV_MIN_WEIGHTS", 0)  # one row: gemv's loop, inside the graph
+    monkeypatch.setattr(fast_linear, "ONEDNN_MIN_MULTIPLY_ADDS", 0)  # more rows: oneDNN's custom operator
     config = CONFIGS["grouped_query"]
     eager = random_model(config, seed=1)
     model = use_fast_linear(fuse_projections(random_model(config, seed=1)))

@@ -1,4 +1,4 @@
-"""oneDNN linear layers: the same results as nn.Linear up to rounding, same parameters, opt-in."""
+"""FastLinear layers (oneDNN for large products): nn.Linear's results up to rounding, same parameters, opt-in."""
 
 import pytest
 import torch
@@ -8,9 +8,9 @@ from torch import nn
 
 from pgemma import fast_linear
 from pgemma.config import GemmaConfig
+from pgemma.fast_linear import FastLinear, onednn_available, onednn_linear, use_fast_linear, use_onednn_for
 from pgemma.gemma import GemmaForCausalLM
 from pgemma.generate import generate_tokens
-from pgemma.fast_linear import FastLinear, onednn_available, onednn_linear, use_fast_linear, use_onednn_for
 from pgemma.processor import ProcessorBatch
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")

@@ -33,8 +33,8 @@ from pgemma.paligemma import PaliGemmaForConditionalGeneration
 def cpp_compiler() -> str | None:
     """Path of the C++ compiler torch.compile would use on this machine ($CXX, g++ or clang++), or None."""
     for name in (os.environ.get("CXX"), "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        if name and (path := shutil.which(name)):
+            return path
     return None
 
 

@@ -58,19 +58,20 @@ def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     Returns None, after a warning the first time for each shape, when this weight's shape could not
     be compiled.
     """
+    row, shape = x.reshape(-1), tuple(weight.shape)  # (in,)
     if torch.compiler.is_compiling():  # inside a compiled model: the compiler fuses the loop itself
-        return multiply_and_sum(x.reshape(-1), weight).view(*x.shape[:-1], weight.shape[0])
-    shape = tuple(weight.shape)
-    if shape in _failed_shapes:
-        return None
-    if shape not in _compiled_shapes and len(_compiled_shapes) >= MAX_SHAPES:
-        return _give_up(shape, f"{MAX_SHAPES} other shapes are compiled already, MAX_SHAPES")
-    try:
-        out = compiled_multiply_and_sum()(x.reshape(-1), weight)  # (out,)
-    except Exception as error:  # no C++ compiler, torch.compile's own limit, ...
-        message = str(error).splitlines()[0] if str(error) else ""
-        return _give_up(shape, f"{type(error).__name__}: {message}")
-    _compiled_shapes.add(shape)
+        out = multiply_and_sum(row, weight)  # (out,)
+    else:
+        if shape in _failed_shapes:
+            return None
+        if shape not in _compiled_shapes and len(_compiled_shapes) >= MAX_SHAPES:
+            return _give_up(shape, f"{MAX_SHAPES} other shapes are compiled already, MAX_SHAPES")
+        try:
+            out = compiled_multiply_and_sum()(row, weight)  # (out,)
+        except Exception as error:  # no C++ compiler, torch.compile's own limit, ...
+            message = str(error).splitlines()[0] if str(error) else ""
+            return _give_up(shape, f"{type(error).__name__}: {message}")
+        _compiled_shapes.add(shape)
     return out.view(*x.shape[:-1], shape[0])
 
 
