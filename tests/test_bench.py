@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from pgemma.checkpoint import load_model
@@ -13,6 +14,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import bench  # noqa: E402
 
 
+@pytest.mark.slow
 def test_compare_generation_alternates_the_two_libraries_on_one_checkpoint(reference_checkpoint, reference_model):
     path = reference_checkpoint("multi_query")
     model, hf_model = bench.prepare_for_generation(load_model(path, use_sdpa=True)), reference_model("multi_query")

@@ -8,6 +8,7 @@ import torch
 from pgemma.config import GemmaConfig, PaliGemmaConfig
 from pgemma.generate import generate_tokens
 from pgemma.kv_cache import KVCache
+from pgemma import profiling
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from pgemma.profiling import (
     DecodeTiming,
@@ -27,10 +28,18 @@ def model():
     return PaliGemmaForConditionalGeneration(config).eval()
 
 
-def test_median_seconds_runs_warmup_plus_repeats_and_takes_the_median():
-    calls = []
-    seconds = median_seconds(lambda: calls.append(1), repeats=5, warmup=2)
-    assert len(calls) == 7 and 0 <= seconds < 0.01
+def test_median_seconds_runs_warmup_plus_repeats_and_takes_the_median(monkeypatch):
+    # A fake clock: the k-th timed call lasts durations[k] seconds, warm-up calls are not timed.
+    durations, now, calls = [5.0, 1.0, 3.0, 100.0, 2.0], [0.0], []
+
+    def call():
+        calls.append(1)
+        if len(calls) > 2:
+            now[0] += durations[len(calls) - 3]
+
+    monkeypatch.setattr(profiling.time, "perf_counter", lambda: now[0])
+    assert median_seconds(call, repeats=5, warmup=2) == 3.0
+    assert len(calls) == 7
     with pytest.raises(ValueError, match="repeats"):
         median_seconds(lambda: None, repeats=0)
 
