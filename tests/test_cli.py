@@ -1,5 +1,6 @@
 """Tests for `python -m pgemma generate`: a real run on a tiny checkpoint, the shipped defaults, and clean errors."""
 
+import importlib
 import re
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from test_generate import build_checkpoint
 from pgemma import train
 from pgemma.__main__ import main
 from pgemma.checkpoint import load_model
-from pgemma.generate import generate
+from pgemma.generate import Sampling, generate
 from pgemma.processor import load_processor
 from pgemma.world import split_of
 
@@ -85,6 +86,23 @@ def test_sampling_options_are_reproducible(checkpoint, image_file, capsys):
     assert capsys.readouterr().out != first
 
 
+@pytest.mark.parametrize("flags, expected", [
+    ([], Sampling.greedy()),
+    (["--seed", "3"], Sampling(do_sample=True, seed=3)),
+    (["--temperature", "0.8"], Sampling(do_sample=True, temperature=0.8)),
+    (["--top-k", "40", "--top-p", "0.9"], Sampling(do_sample=True, top_k=40, top_p=0.9)),
+    (["--temperature", "1.5", "--top-k", "40", "--top-p", "0.95", "--seed", "3"],
+     Sampling(do_sample=True, temperature=1.5, top_k=40, top_p=0.95, seed=3)),
+])
+def test_sampling_flags_give_the_settings(checkpoint, image_file, monkeypatch, flags, expected):
+    calls = []
+    # The module, not the function that pgemma/__init__.py puts under the same name.
+    monkeypatch.setattr(importlib.import_module("pgemma.generate"), "generate",
+                        lambda *args, **kwargs: calls.append(kwargs) or [""])
+    assert main(["generate", "--model", str(checkpoint), "--image", str(image_file), *flags]) == 0
+    assert [call["sampling"] for call in calls] == [expected]
+
+
 def test_without_image_a_new_scene_is_drawn_saved_and_answered(checkpoint, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["generate", "--model", str(checkpoint), "--max-new-tokens", "5"]) == 0
@@ -135,6 +153,9 @@ def test_python_m_pgemma_generate_with_no_arguments(tmp_path):
     (["--model", "{checkpoint}", "--image", "{empty}"], "is empty"),
     (["--model", "{image_folder}", "--image", "{image}"], "no config.json"),
     (["--model", "{checkpoint}", "--image", "{image}", "--top-p", "2"], "top_p must be in (0, 1]"),
+    (["--model", "{checkpoint}", "--image", "{image}", "--top-k", "0"], "top_k must be a positive int, got 0"),
+    (["--model", "{checkpoint}", "--image", "{image}", "--temperature", "nan"],
+     "temperature must be a finite number, got nan"),
     (["--model", "{checkpoint}", "--image", "{image}", "--device", "nonsense"], "is not a torch device"),
     (["--model", "{checkpoint}", "--image", "{image}", "--prompt", "a very long prompt " * 40],
      "longer than the model's context of 128"),

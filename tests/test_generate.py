@@ -3,6 +3,10 @@
 from dataclasses import replace
 from pathlib import Path
 
+import math
+import re
+from dataclasses import FrozenInstanceError
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +18,7 @@ from torch import nn
 from pgemma.checkpoint import load_model
 from pgemma.config import GemmaConfig, PaliGemmaConfig
 from pgemma.generate import (
+    Sampling,
     TextStreamer,
     filter_logits,
     generate,
@@ -92,8 +97,9 @@ def test_greedy_matches_transformers_generate(checkpoint, model, batch):
 def test_cached_matches_uncached_oracle(model, batch):
     assert torch.equal(run(model, batch, max_new_tokens=NEW_TOKENS),
                        run(model, batch, max_new_tokens=NEW_TOKENS, use_cache=False))
-    sampled = dict(max_new_tokens=NEW_TOKENS, do_sample=True, temperature=1.5, top_k=50, top_p=0.95, seed=7)
-    assert torch.equal(run(model, batch, **sampled), run(model, batch, use_cache=False, **sampled))
+    sampled = Sampling(do_sample=True, temperature=1.5, top_k=50, top_p=0.95, seed=7)
+    assert torch.equal(run(model, batch, max_new_tokens=NEW_TOKENS, sampling=sampled),
+                       run(model, batch, max_new_tokens=NEW_TOKENS, sampling=sampled, use_cache=False))
 
 
 def test_decode_step_is_forward_with_one_new_token(model, batch):
@@ -123,18 +129,21 @@ def test_padded_row_answers_like_the_prompt_alone(model, processor, batch):
 
 
 def test_seeded_sampling_is_reproducible_and_leaves_global_rng_alone(model, batch):
-    options = dict(max_new_tokens=NEW_TOKENS, do_sample=True, temperature=2.0)
+    def sampled(seed: int) -> torch.Tensor:
+        sampling = Sampling(do_sample=True, temperature=2.0, seed=seed)
+        return run(model, batch, max_new_tokens=NEW_TOKENS, sampling=sampling)
+
     state = torch.random.get_rng_state()
-    first = run(model, batch, seed=1, **options)
+    first = sampled(1)
     assert torch.equal(torch.random.get_rng_state(), state)
-    assert torch.equal(first, run(model, batch, seed=1, **options))
-    assert not torch.equal(first, run(model, batch, seed=2, **options))
+    assert torch.equal(first, sampled(1))
+    assert not torch.equal(first, sampled(2))
 
 
 def test_top_k_one_is_greedy(model, batch):
     greedy = run(model, batch, max_new_tokens=NEW_TOKENS)
-    assert torch.equal(run(model, batch, max_new_tokens=NEW_TOKENS, do_sample=True, top_k=1, seed=3), greedy)
-    assert torch.equal(run(model, batch, max_new_tokens=NEW_TOKENS, do_sample=True, top_p=1e-6, seed=3), greedy)
+    for sampling in Sampling(do_sample=True, top_k=1, seed=3), Sampling(do_sample=True, top_p=1e-6, seed=3):
+        assert torch.equal(run(model, batch, max_new_tokens=NEW_TOKENS, sampling=sampling), greedy)
 
 
 class EndsRowZero(nn.Module):
@@ -214,14 +223,18 @@ def test_filter_logits_matches_transformers_warpers():
             expected = transformers.TopKLogitsWarper(top_k)(None, expected)
         if top_p is not None:
             expected = transformers.TopPLogitsWarper(top_p)(None, expected)
-        assert torch.equal(filter_logits(logits, temperature, top_k, top_p).isinf(), expected.isinf())
+        ours = filter_logits(logits, Sampling(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p))
+        assert torch.equal(ours.isinf(), expected.isinf())
         kept = expected.isfinite()
-        torch.testing.assert_close(filter_logits(logits, temperature, top_k, top_p)[kept], expected[kept])
+        torch.testing.assert_close(ours[kept], expected[kept])
 
 
 def test_filter_logits_worked_example():
     logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
-    kept = lambda **options: filter_logits(logits, **options).isfinite()[0].tolist()  # noqa: E731
+
+    def kept(**options) -> list[bool]:
+        return filter_logits(logits, Sampling(do_sample=True, **options)).isfinite()[0].tolist()
+
     assert kept(top_k=2) == [True, True, False, False]
     assert kept(top_p=0.5) == [True, False, False, False]
     assert kept(top_p=0.7) == [True, True, False, False]
@@ -231,22 +244,65 @@ def test_filter_logits_worked_example():
 def test_sample_next_token_follows_the_distribution():
     probs = torch.tensor([0.1, 0.6, 0.3])
     logits = probs.log().expand(20_000, 3)
-    counts = torch.bincount(sample_next_token(logits, do_sample=True, generator=make_generator(0)), minlength=3)
+    counts = torch.bincount(sample_next_token(logits, Sampling(do_sample=True), make_generator(0)), minlength=3)
     torch.testing.assert_close(counts / 20_000, probs, atol=0.015, rtol=0)
     assert sample_next_token(logits[:2]).tolist() == [1, 1]
 
 
-def test_bad_options(model, processor, batch):
-    with pytest.raises(ValueError, match="pass do_sample=True"):
-        run(model, batch, top_k=5)
-    with pytest.raises(ValueError, match="temperature must be > 0"):
-        run(model, batch, do_sample=True, temperature=0.0)
-    with pytest.raises(ValueError, match="top_p must be in"):
-        run(model, batch, do_sample=True, top_p=1.5)
+@pytest.mark.parametrize("options, message", [
+    (dict(temperature=0.7), "temperature=0.7 only applies when sampling; pass do_sample=True"),
+    (dict(top_k=5), "top_k=5 only applies when sampling; pass do_sample=True"),
+    (dict(top_p=0.9), "top_p=0.9 only applies when sampling; pass do_sample=True"),
+    (dict(seed=0), "seed=0 only applies when sampling; pass do_sample=True"),
+    (dict(do_sample=1), "do_sample must be True or False, got 1"),
+    (dict(do_sample=True, temperature=0.0), "temperature must be > 0, got 0.0; use do_sample=False for greedy"),
+    (dict(do_sample=True, temperature=-1), "temperature must be > 0, got -1"),
+    (dict(do_sample=True, temperature=math.nan), "temperature must be a finite number, got nan"),
+    (dict(do_sample=True, temperature=math.inf), "temperature must be a finite number, got inf"),
+    (dict(do_sample=True, temperature=True), "temperature must be a finite number, got True"),
+    (dict(do_sample=True, temperature="hot"), "temperature must be a finite number, got 'hot'"),
+    (dict(do_sample=True, top_k=0), "top_k must be a positive int, got 0"),
+    (dict(do_sample=True, top_k=2.0), "top_k must be a positive int, got 2.0"),
+    (dict(do_sample=True, top_k=True), "top_k must be a positive int, got True"),
+    (dict(do_sample=True, top_p=1.5), "top_p must be in (0, 1], got 1.5"),
+    (dict(do_sample=True, top_p=0), "top_p must be in (0, 1], got 0"),
+    (dict(do_sample=True, top_p=math.nan), "top_p must be in (0, 1], got nan"),
+    (dict(do_sample=True, top_p=math.inf), "top_p must be in (0, 1], got inf"),
+    (dict(do_sample=True, top_p=True), "top_p must be in (0, 1], got True"),
+    (dict(do_sample=True, seed=True), "seed must be an int, got True"),
+    (dict(do_sample=True, seed=1.5), "seed must be an int, got 1.5"),
+])
+def test_sampling_refuses_bad_settings(options, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Sampling(**options)
+
+
+def test_sampling_settings():
+    assert Sampling.greedy() == Sampling() and not Sampling().do_sample
+    edges = Sampling(do_sample=True, temperature=2, top_k=10**6, top_p=1, seed=-1)  # all valid
+    assert edges.temperature == 2 and edges.top_k == 10**6
+    with pytest.raises(FrozenInstanceError):
+        edges.seed = 0  # type: ignore[misc]
+    # from_options: greedy unless something is given; what is not given keeps its default.
+    assert Sampling.from_options() == Sampling.greedy()
+    assert Sampling.from_options(seed=3) == Sampling(do_sample=True, seed=3)
+    assert Sampling.from_options(top_p=0.9) == Sampling(do_sample=True, top_p=0.9)
+    assert Sampling.from_options(0.8, 40, 0.95, 0) == Sampling(True, 0.8, 40, 0.95, 0)
     with pytest.raises(ValueError, match="top_k must be a positive int"):
-        run(model, batch, do_sample=True, top_k=0)
-    with pytest.raises(ValueError, match="max_new_tokens must be a positive int"):
+        Sampling.from_options(top_k=0)
+
+
+def test_bad_options(model, processor, batch):
+    with pytest.raises(ValueError, match=re.escape("max_new_tokens must be a positive int, got 0")):
         run(model, batch, max_new_tokens=0)
+    with pytest.raises(ValueError, match=re.escape("max_new_tokens must be a positive int, got True")):
+        run(model, batch, max_new_tokens=True)
+    with pytest.raises(ValueError, match=re.escape("max_new_tokens must be a positive int, got True")):
+        generate(model, processor, images(), PROMPTS, max_new_tokens=True)
+    with pytest.raises(TypeError, match=re.escape("sampling must be a Sampling, e.g. Sampling(do_sample=True")):
+        run(model, batch, max_new_tokens=NEW_TOKENS, sampling=True)  # the old positional do_sample
+    with pytest.raises(TypeError, match="sampling must be a Sampling"):
+        generate(model, processor, images(), PROMPTS, sampling=dict(do_sample=True))
     with pytest.raises(ValueError, match="exceeds the model's context of 128"):
         run(model, batch, max_new_tokens=200)
     with pytest.raises(TypeError, match="batch must be a ProcessorBatch"):

@@ -19,4 +19,4 @@ from pgemma.config import PaliGemmaConfig
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from pgemma.tokenizer import PaliGemmaTokenizer
 from pgemma.processor import PaliGemmaProcessor, load_processor
-from pgemma.generate import generate
+from pgemma.generate import Sampling, generate

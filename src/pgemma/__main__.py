@@ -56,7 +56,7 @@ def run_generate(args: argparse.Namespace) -> None:
     """Load the checkpoint and stream the answer to stdout; raises ValueError on bad input."""
     from pgemma.checkpoint import load_model
     from pgemma.fusion import fuse_projections
-    from pgemma.generate import generate
+    from pgemma.generate import Sampling, generate
     from pgemma.fast_linear import use_fast_linear
     from pgemma.processor import load_processor
     from pgemma.train import shipped_model_folder
@@ -79,15 +79,10 @@ def run_generate(args: argparse.Namespace) -> None:
     model = load_model(folder, dtype=DTYPES[args.dtype], device=device, use_sdpa=args.fast)
     if args.fast:
         use_fast_linear(fuse_projections(model))
-    do_sample = any(v is not None for v in (args.temperature, args.top_k, args.top_p, args.seed))
     generate(
         model, processor, image, args.prompt,
         max_new_tokens=args.max_new_tokens,
-        do_sample=do_sample,
-        temperature=1.0 if args.temperature is None else args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
+        sampling=Sampling.from_options(args.temperature, args.top_k, args.top_p, args.seed),
         stream=lambda row, text: print(text, end="", flush=True),
     )
     print(flush=True)

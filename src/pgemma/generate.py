@@ -11,7 +11,9 @@ append it, repeat until every row has written <eos> or `max_new_tokens` are out.
 `generate_tokens(..., use_cache=False)` is the slow oracle: it recomputes the whole sequence,
 image included, at every step. The tests check that both paths write the same tokens.
 
-Choosing the token (`sample_next_token`): greedy takes the argmax. Sampling divides the logits by
+Choosing the token: a `Sampling` describes how, `sample_next_token` does it. Greedy
+(`Sampling.greedy()`, the default) takes the argmax. Sampling, e.g.
+`Sampling(do_sample=True, temperature=0.8, top_p=0.9, seed=0)`, divides the logits by
 `temperature`, keeps the `top_k` most likely tokens and the smallest set of tokens whose
 probability adds up to `top_p` (Holtzman et al. 2020, "nucleus sampling"), then draws from what is
 left with a local `torch.Generator`, so a `seed` reproduces a sample without touching the global RNG.
@@ -24,7 +26,9 @@ Not supported: beam search, repetition penalties, stop strings.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -34,17 +38,87 @@ from pgemma.processor import ImageInput, PaliGemmaProcessor, ProcessorBatch
 from pgemma.tokenizer import PaliGemmaTokenizer
 
 
-def filter_logits(
-    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
-) -> torch.Tensor:
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is an int to Python, not to us
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen from the logits: greedy (the argmax) or a draw.
+
+    Attributes:
+        do_sample: False takes the most likely token; True draws from the filtered distribution.
+        temperature: divides the logits before the softmax: below 1 sharpens, above 1 flattens.
+        top_k: draw only among the `top_k` most likely tokens (None: all).
+        top_p: draw only among the most likely tokens holding `top_p` of the mass (None: all).
+        seed: seeds the draws, so the same seed writes the same answer (None: a fresh seed).
+    Note: the length of the answer, `max_new_tokens`, is not here: it says when to stop, not
+        which token to write, and greedy and sampled answers share it. It stays an argument of
+        `generate` and `generate_tokens`, next to this.
+    Note: greedy settings with a temperature, top_k, top_p or seed are refused rather than ignored:
+        they would suggest a sampled answer.
+    """
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.do_sample, bool):
+            raise ValueError(f"do_sample must be True or False, got {self.do_sample!r}")
+        if not self.do_sample:  # every other field shapes the draw: greedy leaves them at their defaults
+            for field in fields(self):
+                value = getattr(self, field.name)
+                if field.name != "do_sample" and value != field.default:
+                    raise ValueError(f"{field.name}={value!r} only applies when sampling; pass do_sample=True")
+        if not _is_number(self.temperature) or not math.isfinite(self.temperature):
+            raise ValueError(f"temperature must be a finite number, got {self.temperature!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}; use do_sample=False for greedy")
+        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
+            raise ValueError(f"top_k must be a positive int, got {self.top_k!r}")
+        if self.top_p is not None and not (_is_number(self.top_p) and 0 < self.top_p <= 1):  # refuses nan too
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if self.seed is not None and not _is_int(self.seed):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+
+    @classmethod
+    def greedy(cls) -> Sampling:
+        """Always the most likely token: the default."""
+        return cls()
+
+    @classmethod
+    def from_options(
+        cls,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> Sampling:
+        """Greedy if every option is None (not given); else sampling with those given (the CLI's rule)."""
+        if temperature is None and top_k is None and top_p is None and seed is None:
+            return cls.greedy()
+        temperature = 1.0 if temperature is None else temperature
+        return cls(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+
+
+def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     """Scale by the temperature, then set to -inf every token outside the top-k and the top-p nucleus.
 
     Args:
         logits: float[B, V] for the next token.
+        sampling: its temperature, top_k and top_p.
     Returns:
         float32[B, V]; at least one token per row stays finite.
     """
-    logits = logits.float() / temperature
+    logits = logits.float() / sampling.temperature
+    top_k, top_p = sampling.top_k, sampling.top_p
     if top_k is not None and top_k < logits.shape[-1]:
         kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
@@ -61,24 +135,20 @@ def filter_logits(
 
 
 def sample_next_token(
-    logits: torch.Tensor,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
+    logits: torch.Tensor, sampling: Sampling = Sampling.greedy(), generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """One token per row from the last position's logits.
 
     Args:
         logits: float[B, V].
+        sampling: greedy or how to draw.
         generator: the random stream for sampling (see `make_generator`).
     Returns:
         int64[B].
     """
-    if not do_sample:
+    if not sampling.do_sample:
         return logits.argmax(dim=-1)
-    probs = filter_logits(logits, temperature, top_k, top_p).softmax(dim=-1)  # (B, V)
+    probs = filter_logits(logits, sampling).softmax(dim=-1)  # (B, V)
     return torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]
 
 
@@ -90,21 +160,6 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     else:
         generator.manual_seed(seed)
     return generator
-
-
-def _check_sampling(
-    max_new_tokens: int, do_sample: bool, temperature: float, top_k: int | None, top_p: float | None
-) -> None:
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    if not do_sample and (temperature != 1.0 or top_k is not None or top_p is not None):
-        raise ValueError("temperature, top_k and top_p only apply when sampling; pass do_sample=True")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}; use do_sample=False for greedy")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int, got {top_k!r}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
 @torch.inference_mode()
@@ -128,11 +183,7 @@ def generate_tokens(
     model: PaliGemmaForConditionalGeneration,
     batch: ProcessorBatch,
     max_new_tokens: int = 32,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
+    sampling: Sampling = Sampling.greedy(),
     use_cache: bool = True,
     vocab_size: int | None = None,
 ) -> Iterator[torch.Tensor]:
@@ -144,13 +195,19 @@ def generate_tokens(
     Args:
         model: a PaliGemma model (in eval mode).
         batch: a `PaliGemmaProcessor` output without suffixes; its labels are ignored.
+        max_new_tokens: the most tokens written per row.
+        sampling: how each token is chosen (default: greedy).
         use_cache: False recomputes the whole sequence every step (the test oracle).
         vocab_size: write only ids below this, the tokenizer's vocabulary. PaliGemma's embedding
             has 63 more rows (257216 vs 257153 ids), padding that no text maps to.
     """
     if not isinstance(batch, ProcessorBatch):
         raise TypeError(f"batch must be a ProcessorBatch from PaliGemmaProcessor, got {type(batch).__name__}")
-    _check_sampling(max_new_tokens, do_sample, temperature, top_k, top_p)
+    if not isinstance(sampling, Sampling):
+        raise TypeError(f"sampling must be a Sampling, e.g. Sampling(do_sample=True, temperature=0.8), "
+                        f"got {sampling!r}")
+    if not _is_int(max_new_tokens) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     config = model.config
     input_ids, attention_mask, token_type_ids = batch.input_ids, batch.attention_mask, batch.token_type_ids
     batch_size, prompt_length = input_ids.shape  # (B, T)
@@ -164,7 +221,7 @@ def generate_tokens(
     device = weight.device
     input_ids, attention_mask, token_type_ids = (t.to(device) for t in (input_ids, attention_mask, token_type_ids))
     pixel_values = batch.pixel_values.to(device)
-    generator = make_generator(seed, device) if do_sample else None
+    generator = make_generator(sampling.seed, device) if sampling.do_sample else None
     # 1, 2, 3, ... from each row's first real token (padding, on the left, gets 1 and is never seen).
     position_ids = attention_mask.cumsum(dim=-1).clamp(min=1)  # (B, T)
     cache = KVCache.empty(config.text_config, batch_size, total, weight.dtype, device) if use_cache else None
@@ -181,7 +238,7 @@ def generate_tokens(
     suffix_type = torch.ones_like(next_position)  # generated tokens are suffix (type 1): causal
     for step in range(max_new_tokens):
         logits = output.logits[:, -1, :vocab_size]  # (B, V)
-        next_token = sample_next_token(logits, do_sample, temperature, top_k, top_p, generator)
+        next_token = sample_next_token(logits, sampling, generator)
         next_token = next_token.masked_fill(finished, config.pad_token_id)  # (B,)
         finished |= next_token == config.eos_token_id
         yield next_token
@@ -253,17 +310,15 @@ def generate(
     images: ImageInput | Sequence[ImageInput],
     prompts: str | Sequence[str],
     max_new_tokens: int = 32,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
+    sampling: Sampling = Sampling.greedy(),
     stream: Callable[[int, str], None] | None = None,
 ) -> list[str]:
     """Answer each prompt about its image.
 
     Args:
         images, prompts: one image per prompt (a single image and prompt are fine too).
+        max_new_tokens: the most tokens written per answer.
+        sampling: how each token is chosen (default: greedy).
         stream: called as stream(row, text) with each new piece of a row's answer as it is written.
     Returns:
         one answer per prompt, without <eos>; <locNNNN> tokens are kept (detection answers).
@@ -273,8 +328,7 @@ def generate(
     eos_id = processor.tokenizer.eos_id
     streamers = [TextStreamer(processor.tokenizer) for _ in range(batch.input_ids.shape[0])]
     done = [False] * len(streamers)
-    tokens_per_step = generate_tokens(model, batch, max_new_tokens, do_sample, temperature, top_k, top_p, seed,
-                                      vocab_size=processor.tokenizer.vocab_size)
+    tokens_per_step = generate_tokens(model, batch, max_new_tokens, sampling, vocab_size=processor.tokenizer.vocab_size)
     for tokens in tokens_per_step:
         for row, token in enumerate(tokens.tolist()):
             if done[row]:
