@@ -39,10 +39,8 @@ from pathlib import Path
 import torch
 
 from pgemma.checkpoint import load_config, load_model
-from pgemma.compiled import compile_decoder
 from pgemma.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
-from pgemma.fast_linear import use_fast_linear
-from pgemma.fusion import fuse_projections
+from pgemma.fast import prepare_for_speed
 from pgemma.generate import generate_tokens
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from pgemma.processor import ProcessorBatch
@@ -55,13 +53,10 @@ TEXT_LENGTH = 12  # <bos> + 11 random prompt ids after the image tokens
 clock = time.perf_counter
 
 
-# pgemma's settings for every figure: load_model(path, use_sdpa=True), then this.
-PGEMMA_SETTINGS = "use_sdpa=True + fuse_projections + use_fast_linear + compile_decoder"
-
-
-def prepare_for_generation(model: PaliGemmaForConditionalGeneration) -> PaliGemmaForConditionalGeneration:
-    """The rest of ``PGEMMA_SETTINGS``: stacked small products, faster large ones, the decoder compiled."""
-    return compile_decoder(use_fast_linear(fuse_projections(model)))
+# pgemma's settings for every figure, printed with them: load_model(path), then prepare_for_speed(model,
+# compile_decoder=True), which composes these four.
+PGEMMA_SETTINGS = ("pgemma.fast.prepare_for_speed(compile_decoder=True): use_sdpa + fuse_projections + "
+                   "use_fast_linear + compile_decoder")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,7 +247,7 @@ def _memory_kb(field: str) -> int:
 def child(library: str, path: str, batch_size: int, new_tokens: int, threads: int) -> None:
     """Run in a fresh interpreter: load, then generate; print time and peak RSS above the imports.
 
-    pgemma's load is ``load_model``; ``prepare_for_generation`` follows it, so the copy fusing makes
+    pgemma's load is ``load_model``; ``prepare_for_speed`` follows it, so the copy fusing makes
     of the q/k/v and gate/up weights counts in the generation's peak.
 
     The interpreter imports only what a user of the library would (this script's top-level imports):
@@ -267,13 +262,13 @@ def child(library: str, path: str, batch_size: int, new_tokens: int, threads: in
     baseline = _memory_kb("VmRSS")
     start = time.perf_counter()
     if library == "pgemma":
-        model = load_model(path, use_sdpa=True)
+        model = load_model(path)
     else:
         model = transformers.PaliGemmaForConditionalGeneration.from_pretrained(path).eval()
     load_s = time.perf_counter() - start
     load_peak = _memory_kb("VmHWM") - baseline
     if library == "pgemma":  # preparing for fast generation counts in the generation's peak, not the load's
-        prepare_for_generation(model)
+        prepare_for_speed(model, compile_decoder=True)
     config = load_config(path)
     batch = random_batch(config, batch_size, TEXT_LENGTH, seed=1)
     (pgemma_generate if library == "pgemma" else transformers_generate)(model, batch, new_tokens)
@@ -343,7 +338,7 @@ def benchmark_checkpoint(name: str, path: Path, args: argparse.Namespace) -> Non
     import transformers
 
     print(f"\n== {name}: {path}")
-    model = prepare_for_generation(load_model(path, use_sdpa=True))
+    model = prepare_for_speed(load_model(path), compile_decoder=True)
     hf_model = transformers.PaliGemmaForConditionalGeneration.from_pretrained(path).eval()
     params = sum(p.numel() for p in model.parameters())
     size = checkpoint_bytes(path)

@@ -17,7 +17,8 @@ import bench  # noqa: E402
 @pytest.mark.slow
 def test_compare_generation_alternates_the_two_libraries_on_one_checkpoint(reference_checkpoint, reference_model):
     path = reference_checkpoint("multi_query")
-    model, hf_model = bench.prepare_for_generation(load_model(path, use_sdpa=True)), reference_model("multi_query")
+    model = bench.prepare_for_speed(load_model(path), compile_decoder=True)  # the settings of every figure
+    hf_model = reference_model("multi_query")
     batch = random_batch(model.config, batch_size=2, text_length=5, seed=0)
     result = bench.compare_generation(model, hf_model, batch, new_tokens=4, repeats=2)
     assert result["identical"]  # greedy: the same tokens, so the figures count

@@ -60,8 +60,12 @@ def test_bad_image_is_one_line_on_stderr(checkpoint, tmp_path):
 
 
 def test_fast_gives_the_same_answer(checkpoint, image_file, capsys, monkeypatch):
-    from pgemma import fast_linear
+    import pgemma.fast
+    from pgemma.fast import linear as fast_linear
 
+    prepare_for_speed, prepared = pgemma.fast.prepare_for_speed, []
+    monkeypatch.setattr(pgemma.fast, "prepare_for_speed",
+                        lambda model, **options: prepared.append(options) or prepare_for_speed(model, **options))
     monkeypatch.setattr(fast_linear, "SWAP_MIN_WEIGHTS", 0)  # a tiny checkpoint: swap and use every layer
     monkeypatch.setattr(fast_linear, "ONEDNN_MIN_MULTIPLY_ADDS", 0)
     argv = ["generate", "--model", str(checkpoint), "--image", str(image_file), "--max-new-tokens", "8",
@@ -73,6 +77,7 @@ def test_fast_gives_the_same_answer(checkpoint, image_file, capsys, monkeypatch)
     assert main(argv + ["--fast"]) == 0
     assert capsys.readouterr().out == default and default.strip()
     assert calls or not fast_linear.onednn_available()
+    assert prepared == [{}]  # --fast is prepare_for_speed, without compiling the decoder
 
 
 def test_sampling_options_are_reproducible(checkpoint, image_file, capsys):

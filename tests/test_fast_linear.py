@@ -1,4 +1,5 @@
-"""FastLinear layers (oneDNN for large products): nn.Linear's results up to rounding, same parameters, opt-in."""
+"""FastLinear layers (pgemma.fast.linear: oneDNN for large products): nn.Linear's results up to rounding,
+same parameters, opt-in."""
 
 import pytest
 import torch
@@ -6,9 +7,9 @@ import torch.nn.functional as F
 from conftest import CONFIGS, make_inputs, random_model
 from torch import nn
 
-from pgemma import fast_linear
 from pgemma.config import GemmaConfig
-from pgemma.fast_linear import FastLinear, onednn_available, onednn_linear, use_fast_linear, use_onednn_for
+from pgemma.fast import linear as fast_linear
+from pgemma.fast.linear import FastLinear, onednn_available, onednn_linear, use_fast_linear, use_onednn_for
 from pgemma.gemma import GemmaForCausalLM
 from pgemma.generate import generate_tokens
 from pgemma.processor import ProcessorBatch

@@ -75,6 +75,54 @@ def test_sdpa_path_matches_explicit_path(reference_checkpoint):
     torch.testing.assert_close(a[real], b[real], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_attention_weights_match_transformers(name, reference_checkpoint, reference_model):
+    config, path = CONFIGS[name], reference_checkpoint(name)
+    model, hf_model = load_model(path), reference_model(name)
+    inputs = make_inputs(config, seed=9, padding=(0, 3, 1))
+    del inputs["labels"]
+    with torch.no_grad():
+        plain = model(**inputs)
+        ours = model(**inputs, output_attentions=True)
+        theirs = hf_model(**inputs, output_attentions=True).attentions
+        vision = hf_model.model.vision_tower(inputs["pixel_values"], output_attentions=True).attentions
+        with_sdpa = load_model(path, use_sdpa=True)(**inputs, output_attentions=True)
+    assert plain.attentions is None
+    assert torch.equal(ours.logits, plain.logits)  # asking for the weights changes no output
+    batch, length = inputs["input_ids"].shape
+    vision_config, text = config.vision_config, config.text_config
+    assert len(ours.attentions.vision) == len(vision) == vision_config.num_hidden_layers
+    assert len(ours.attentions.decoder) == len(theirs) == text.num_hidden_layers
+    for a, b in zip(ours.attentions.vision, vision):
+        assert a.shape == (batch, vision_config.num_attention_heads, config.num_image_tokens, config.num_image_tokens)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(ours.attentions.decoder, theirs):  # padding rows included: uniform in both
+        assert a.shape == (batch, text.num_attention_heads, length, length)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for weights in (*ours.attentions.vision, *ours.attentions.decoder):
+        torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
+    # A model on SDPA forms the weights on the explicit path for that call: the same numbers.
+    for a, b in zip((*with_sdpa.attentions.vision, *with_sdpa.attentions.decoder),
+                    (*ours.attentions.vision, *ours.attentions.decoder)):
+        assert torch.equal(a, b)
+
+
+def test_attention_weights_with_a_cache_cover_the_cached_keys(reference_checkpoint):
+    model = load_model(reference_checkpoint("grouped_query"))
+    inputs = make_inputs(CONFIGS["grouped_query"], seed=10, suffix=2)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    length = ids.shape[1]
+    with torch.no_grad():
+        full = model(ids, inputs["pixel_values"], mask, output_attentions=True).attentions.decoder
+        cache = KVCache.empty(model.config.text_config, ids.shape[0], length)
+        cache = model(ids[:, :-1], inputs["pixel_values"], mask[:, :-1], kv_cache=cache).kv_cache
+        step = model(ids[:, -1:], attention_mask=mask, kv_cache=cache, output_attentions=True).attentions
+    assert step.vision == []  # no image in this call
+    for a, b in zip(step.decoder, full):  # float[B, N, 1, S]: the last query over every key
+        assert a.shape == (ids.shape[0], b.shape[1], 1, length)
+        torch.testing.assert_close(a, b[:, :, -1:], rtol=1e-5, atol=1e-6)
+
+
 def _decode_step_by_step(model, inputs, prompt_length: int) -> torch.Tensor:
     """Prefill the first `prompt_length` tokens, then feed the rest one token per row."""
     ids, mask, types = inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]

@@ -50,12 +50,27 @@ def test_vit_attention_rows_are_distributions_over_patches():
     torch.testing.assert_close(weights.sum(), torch.tensor(1.0))
 
 
+def test_vit_attention_is_what_the_layer_computes_on_its_input():
+    _, vit, image = _models()
+    block, attentions = vit.encoder.layers[1], []
+    with torch.no_grad():
+        hidden = vit(image)[1][1]  # (1, P, D): the input of layer 2
+        block.self_attn(block.layer_norm1(hidden), attentions)
+    expected = attentions[0][0, :, 3].mean(0)  # (P,)
+    torch.testing.assert_close(vit_attention(vit, image, layer=2, patch=3), expected)
+    fused = SiglipVisionTransformer(CONFIG, use_sdpa=True).eval()
+    fused.load_state_dict(vit.state_dict())  # the same weights, SDPA on
+    torch.testing.assert_close(vit_attention(fused, image, layer=2, patch=3), expected)
+
+
 def test_siglip_attention_returns_the_weights_it_used():
     torch.manual_seed(0)
     attention = SiglipAttention(CONFIG).eval()
     x = torch.randn(2, 5, 16)
-    out, weights = attention(x, return_weights=True)
+    attentions = []
+    out = attention(x, attentions)
     torch.testing.assert_close(out, attention(x))
+    (weights,) = attentions
     assert weights.shape == (2, 2, 5, 5)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 5))
 

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from pgemma.config import PaliGemmaConfig  # noqa: E402
 from pgemma.masks import decoder_mask  # noqa: E402
-from pgemma.paligemma import PaliGemmaForConditionalGeneration  # noqa: E402
+from pgemma.paligemma import IGNORE_INDEX, PaliGemmaForConditionalGeneration  # noqa: E402
 from pgemma.rope import rope_cos_sin  # noqa: E402
 from pgemma.train import Recipe, build_model, build_processor, build_tokenizer  # noqa: E402
 from pgemma.viz.paligemma import (  # noqa: E402
@@ -64,9 +64,10 @@ def test_gemma_attention_weights_do_not_change_the_output(tiny):
     text = model.config.text_config
     cos, sin = rope_cos_sin(torch.arange(1, 8)[None].expand(2, 7), text.head_dim, text.rope_theta, x.dtype)
     mask = decoder_mask(7, 7, None, torch.tensor([[0, 0, 0, 0, 1, 1, 1]] * 2), 2, "cpu")
-    plain = layer.self_attn(x, cos, sin, mask, None, 0)
-    out, weights = layer.self_attn(x, cos, sin, mask, None, 0, return_weights=True)
+    plain, attentions = layer.self_attn(x, cos, sin, mask, None, 0), []
+    out = layer.self_attn(x, cos, sin, mask, None, 0, attentions)
     torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)
+    (weights,) = attentions
     assert weights.shape == (2, text.num_attention_heads, 7, 7)
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, text.num_attention_heads, 7))
     assert (weights[0, :, 4, 5:] == 0).all() and (weights[0, :, 0, :4] > 0).all()  # prefix-LM mask
@@ -83,6 +84,26 @@ def test_answer_attention_rows_are_the_answer_tokens(tiny):
     assert attention.patches.shape == (layers, len(answer_ids) + 1, patches)
     assert (attention.patches >= 0).all() and (attention.image_share <= 1 + 1e-6).all()
     torch.testing.assert_close(attention.image_share, attention.patches.sum(-1))
+
+
+def test_answer_attention_is_each_layers_attention_on_its_input(tiny):
+    model, processor, world = tiny
+    item = example(heldout_seed(1), world, task="caption")
+    attention = answer_attention(model, processor, item.image, item.prefix, item.suffix)
+    batch = processor(item.image, item.prefix, item.suffix)
+    ids, length = batch.input_ids, batch.input_ids.shape[1]
+    with torch.no_grad():  # each layer's attention re-run by hand on that layer's input
+        output = model(ids, batch.pixel_values, batch.attention_mask, batch.token_type_ids, output_hidden_states=True)
+        states, text = output.hidden_states.decoder, model.config.text_config
+        cos, sin = rope_cos_sin(torch.arange(1, length + 1)[None], text.head_dim, text.rope_theta, states[0].dtype)
+        mask = decoder_mask(length, length, batch.attention_mask, batch.token_type_ids, 1, ids.device)
+        writers = torch.nonzero(batch.labels[0, 1:] != IGNORE_INDEX)[:, 0]  # (A,)
+        is_image = ids[0] == model.config.image_token_index  # (S,)
+        for index, layer in enumerate(model.language_model.model.layers):
+            weights = []
+            layer.self_attn(layer.input_layernorm(states[index]), cos, sin, mask, None, index, weights)
+            expected = weights[0][0].mean(0)[writers][:, is_image]  # (A, P)
+            torch.testing.assert_close(attention.patches[index], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_describe_answer_scores_text_and_boxes():

@@ -46,21 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weights' dtype (default float32)")
     gen.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
     gen.add_argument("--fast", action="store_true",
-                     help="PyTorch's fused attention, fused q/k/v and gate/up products, and faster kernels for "
-                          "large CPU matrix products (pgemma.fast_linear): faster, equal to the default "
-                          "up to rounding")
+                     help="pgemma.fast.prepare_for_speed: PyTorch's fused attention, fused q/k/v and gate/up "
+                          "products, and faster kernels for large CPU matrix products; faster, equal to the "
+                          "default up to rounding")
     return parser
 
 
 def run_generate(args: argparse.Namespace) -> None:
     """Load the checkpoint and stream the answer to stdout; raises ValueError on bad input."""
     from pgemma.checkpoint import load_model
-    from pgemma.fusion import fuse_projections
+    from pgemma.fast import prepare_for_speed
     from pgemma.generate import Sampling, generate
-    from pgemma.fast_linear import use_fast_linear
     from pgemma.processor import load_processor
     from pgemma.train import shipped_model_folder
 
+    sampling = Sampling.from_options(args.temperature, args.top_k, args.top_p, args.seed)  # bad flags fail first
     folder = args.model
     if folder is None:
         folder = shipped_model_folder()
@@ -76,13 +76,13 @@ def run_generate(args: argparse.Namespace) -> None:
     processor = load_processor(folder)
     image_file = draw_scene(Path.cwd()) if args.image is None else args.image
     image = processor.load_image(image_file)  # a bad image fails here, before the slow model load
-    model = load_model(folder, dtype=DTYPES[args.dtype], device=device, use_sdpa=args.fast)
+    model = load_model(folder, dtype=DTYPES[args.dtype], device=device)
     if args.fast:
-        use_fast_linear(fuse_projections(model))
+        prepare_for_speed(model)
     generate(
         model, processor, image, args.prompt,
         max_new_tokens=args.max_new_tokens,
-        sampling=Sampling.from_options(args.temperature, args.top_k, args.top_p, args.seed),
+        sampling=sampling,
         stream=lambda row, text: print(text, end="", flush=True),
     )
     print(flush=True)

@@ -12,7 +12,6 @@ from torch import nn
 
 from pgemma.attention import attention
 from pgemma.config import GemmaConfig
-from pgemma.fusion import FusedProjections
 from pgemma.kv_cache import KVCache
 from pgemma.norms import GemmaRMSNorm
 from pgemma.rope import apply_rope, rope_cos_sin
@@ -26,19 +25,26 @@ class GemmaMLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-        self.fused_gate_up: FusedProjections | None = None  # gate and up in one product: pgemma.fusion
+
+    def gate_and_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """float[B, T, D] -> the gate and the up projections, float[B, T, F] each (F: intermediate size)."""
+        return self.gate_proj(x), self.up_proj(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused_gate_up is not None and self.fused_gate_up.usable():
-            gate, up = self.fused_gate_up(x).chunk(2, dim=-1)  # (B, T, F) each, from one product
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)  # (B, T, F) each
+        """float[B, T, D] -> float[B, T, D]."""
+        gate, up = self.gate_and_up(x)  # (B, T, F) each
         # The tanh approximation of GELU: what Gemma was trained with (config "gelu_pytorch_tanh").
-        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
+        return self.down_proj(F.gelu(gate, approximate="tanh") * up)  # (B, T, D)
 
 
 class GemmaAttention(nn.Module):
-    """Self-attention with N query heads sharing K key/value heads, RoPE on queries and keys."""
+    """Self-attention with N query heads sharing K key/value heads, RoPE on queries and keys.
+
+    ``forward`` takes five steps: ``project`` the input to queries, keys and values; rotate queries
+    and keys by their positions (chapter "RoPE: positions as rotations"); add the new keys and values
+    to the cache (chapter "The KV-cache"); attend (``attention.attention``, chapter "Multi-head
+    attention"); project the heads' outputs back to the model width.
+    """
 
     def __init__(self, config: GemmaConfig, use_sdpa: bool = False):
         super().__init__()
@@ -48,7 +54,14 @@ class GemmaAttention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
-        self.fused_qkv: FusedProjections | None = None  # q, k and v in one product: pgemma.fusion
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """float[B, T, D] -> queries float[B, N, T, H], keys and values float[B, K, T, H]."""
+        batch, length, _ = x.shape
+        q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, N, T, H)
+        k = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, H)
+        v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, H)
+        return q, k, v
 
     def forward(
         self,
@@ -58,8 +71,8 @@ class GemmaAttention(nn.Module):
         mask: torch.Tensor | None,
         kv_cache: KVCache | None,
         layer: int,
-        return_weights: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        attentions: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """float[B, T, D] -> float[B, T, D].
 
         Args:
@@ -67,30 +80,21 @@ class GemmaAttention(nn.Module):
             mask: bool[B, 1, T, S], S = cached + new tokens; None lets every query see every key.
             kv_cache: where this layer's earlier keys and values are (None: no cache, S = T).
             layer: this layer's index into the cache.
-            return_weights: also return the attention weights float[B, N, T, S] (rows sum to 1),
-                computed on the explicit path even when the layer uses SDPA.
+            attentions: a list to append this layer's attention weights float[B, N, T, S] to (rows
+                sum to 1), computed on the explicit path even when the layer uses SDPA; None: not formed.
         """
         batch, length, _ = x.shape
-        heads, kv_heads = self.num_heads, self.num_kv_heads
-        if self.fused_qkv is not None and self.fused_qkv.usable():
-            # One product for q, k and v (pgemma.fusion), then one rotation for q and k together.
-            qkv = self.fused_qkv(x).view(batch, length, heads + 2 * kv_heads, self.head_dim)  # (B, T, N+2K, H)
-            qkv = qkv.transpose(1, 2)  # (B, N+2K, T, H)
-            q_and_k = apply_rope(qkv[:, :heads + kv_heads], cos, sin)  # (B, N+K, T, H)
-            q, k, v = q_and_k[:, :heads], q_and_k[:, heads:], qkv[:, heads + kv_heads:]
-        else:
-            q = self.q_proj(x).view(batch, length, heads, self.head_dim).transpose(1, 2)  # (B, N, T, H)
-            k = self.k_proj(x).view(batch, length, kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, H)
-            v = self.v_proj(x).view(batch, length, kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, H)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self.project(x)  # (B, N, T, H), (B, K, T, H), (B, K, T, H)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # rotated by their positions
         if kv_cache is not None:
-            k, v = kv_cache.update(layer, k, v)  # (B, K, S, H)
-        if return_weights:
-            out, weights = attention(q, k, v, mask, return_weights=True)  # (B, N, T, H), (B, N, T, S)
-        else:
+            k, v = kv_cache.update(layer, k, v)  # (B, K, S, H): the earlier tokens' too
+        if attentions is None:
             out = attention(q, k, v, mask, use_sdpa=self.use_sdpa)  # (B, N, T, H)
+        else:
+            out, weights = attention(q, k, v, mask, return_weights=True)  # (B, N, T, H), (B, N, T, S)
+            attentions.append(weights)
         out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)  # (B, T, N*H)
-        return (self.o_proj(out), weights) if return_weights else self.o_proj(out)
+        return self.o_proj(out)  # (B, T, D)
 
 
 class GemmaDecoderLayer(nn.Module):
@@ -104,8 +108,9 @@ class GemmaDecoderLayer(nn.Module):
         self.mlp = GemmaMLP(config)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                kv_cache: KVCache | None, layer: int) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, layer)
+                kv_cache: KVCache | None, layer: int, attentions: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """float[B, T, D] -> float[B, T, D]; the arguments are ``GemmaAttention.forward``'s."""
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, layer, attentions)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -125,6 +130,7 @@ class GemmaModel(nn.Module):
         mask: torch.Tensor | None,
         position_ids: torch.Tensor,
         kv_cache: KVCache | None = None,
+        attentions: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, KVCache | None, list[torch.Tensor]]:
         """Run the decoder on embeddings (unscaled, as ``embed_tokens`` returns them).
 
@@ -133,6 +139,8 @@ class GemmaModel(nn.Module):
             mask: bool[B, 1, T, S] from ``masks.decoder_mask``, or None (every query sees every key).
             position_ids: int[B, T] RoPE positions.
             kv_cache: the cache holding S - T earlier tokens, or None.
+            attentions: a list to append every layer's attention weights float[B, N, T, S] to, in
+                order (the explicit path, even with SDPA); None: none are formed.
         Returns:
             (final normed states float[B, T, D], the cache advanced by T (or None),
             hidden states: the scaled input, then every layer's output).
@@ -146,7 +154,7 @@ class GemmaModel(nn.Module):
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
         hidden_states = [x]
         for index, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, kv_cache, index)
+            x = layer(x, cos, sin, mask, kv_cache, index, attentions)
             hidden_states.append(x)
         if kv_cache is not None:
             kv_cache = kv_cache.advance(inputs_embeds.shape[1])
@@ -173,13 +181,14 @@ class GemmaForCausalLM(nn.Module):
         position_ids: torch.Tensor,
         kv_cache: KVCache | None = None,
         logits_to_keep: int | None = None,
+        attentions: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, KVCache | None, list[torch.Tensor]]:
         """As ``GemmaModel.forward``, but returns logits float[B, T, V] in place of the final states.
 
         ``logits_to_keep=n`` applies the output head to the last n positions only (logits
         float[B, n, V]): generation needs the last one, and the head is a V x D matrix product.
         """
-        x, kv_cache, hidden_states = self.model(inputs_embeds, mask, position_ids, kv_cache)
+        x, kv_cache, hidden_states = self.model(inputs_embeds, mask, position_ids, kv_cache, attentions)
         if logits_to_keep is not None:
             x = x[:, -logits_to_keep:]  # (B, n, D)
         return self.lm_head(x), kv_cache, hidden_states

@@ -55,11 +55,19 @@ class PaliGemmaHiddenStates(NamedTuple):
     decoder: list[torch.Tensor]  # decoder input (merged and scaled), then every layer: float[B, T, D]
 
 
+class PaliGemmaAttentions(NamedTuple):
+    """Attention weights, returned when ``output_attentions=True`` (rows sum to 1; for inspection)."""
+
+    vision: list[torch.Tensor]  # every SigLIP layer: float[B_images, N_vision, P, P] (none without pixels)
+    decoder: list[torch.Tensor]  # every Gemma layer: float[B, N, T, S]
+
+
 class PaliGemmaOutput(NamedTuple):
     logits: torch.Tensor  # float[B, T, V]
     kv_cache: KVCache | None  # the cache passed in, advanced by T; None if none was passed
     loss: torch.Tensor | None  # mean cross-entropy of the next token, when labels are given
     hidden_states: PaliGemmaHiddenStates | None = None
+    attentions: PaliGemmaAttentions | None = None
 
 
 class PaliGemmaForConditionalGeneration(nn.Module):
@@ -77,10 +85,14 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         """P: the prompt must hold this many ``<image>`` tokens per image."""
         return self.config.num_image_tokens
 
-    def embed_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """float[B, C, I, I] in [-1, 1] -> (image features float[B, P, D], SigLIP's hidden states)."""
+    def embed_image(self, pixel_values: torch.Tensor,
+                    attentions: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """float[B, C, I, I] in [-1, 1] -> (image features float[B, P, D], SigLIP's hidden states).
+
+        ``attentions``: a list to append SigLIP's attention weights to (``SiglipEncoder.forward``).
+        """
         dtype = self.multi_modal_projector.linear.weight.dtype
-        features, hidden_states = self.vision_tower(pixel_values.to(dtype))  # (B, P, D_vision)
+        features, hidden_states = self.vision_tower(pixel_values.to(dtype), attentions)  # (B, P, D_vision)
         return self.multi_modal_projector(features), hidden_states  # (B, P, D)
 
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -121,6 +133,7 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         labels: torch.Tensor | None = None,
         output_hidden_states: bool = False,
         logits_to_keep: int | None = None,
+        output_attentions: bool = False,
     ) -> PaliGemmaOutput:
         """Logits for every input position (see the module docstring for the arguments).
 
@@ -128,6 +141,9 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         (``KVCache.empty``). Decode: pass the new token(s) with the returned cache and an
         ``attention_mask`` covering cached + new tokens. ``logits_to_keep=1`` returns the logits
         of the last position only, float[B, 1, V] (what generation reads; not with ``labels``).
+        ``output_attentions=True`` also returns every layer's attention weights, computed on the
+        explicit path for this call even when the model uses SDPA (the logits are the same up to
+        rounding).
         Note: without ``token_type_ids`` attention is causal everywhere, as in transformers. With a
         cache, ``token_type_ids`` apply to the new tokens (transformers ignores them after the first
         step; identical for one new token per row).
@@ -136,10 +152,12 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         self._check_inputs(input_ids, pixel_values, attention_mask, token_type_ids, position_ids,
                            kv_cache, labels)
         batch, length = input_ids.shape
+        # Lists that every attention layer appends its weights to; None: the weights are not formed.
+        vision_attentions, decoder_attentions = ([], []) if output_attentions else (None, None)
         inputs_embeds = self.embed_text(input_ids)  # (B, T, D)
         image_features, vision_states = None, []
         if pixel_values is not None:
-            image_features, vision_states = self.embed_image(pixel_values)  # (B, P, D)
+            image_features, vision_states = self.embed_image(pixel_values, vision_attentions)  # (B, P, D)
             inputs_embeds = self.merge_image_and_text(input_ids, inputs_embeds, image_features)
         if position_ids is None:
             # transformers' PaliGemma: 1, 2, 3... continuing after the cache, the same in every row.
@@ -150,7 +168,7 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         if labels is not None and logits_to_keep is not None:
             raise ValueError("the loss needs the logits of every position: pass logits_to_keep=None with labels")
         logits, kv_cache, decoder_states = self.language_model(inputs_embeds, mask, position_ids, kv_cache,
-                                                               logits_to_keep)
+                                                               logits_to_keep, decoder_attentions)
         loss = None
         if labels is not None:
             # Position t predicts token t + 1: drop the last logit and the first label.
@@ -159,7 +177,8 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         hidden_states = None
         if output_hidden_states:
             hidden_states = PaliGemmaHiddenStates(vision_states, image_features, decoder_states)
-        return PaliGemmaOutput(logits, kv_cache, loss, hidden_states)
+        attentions = PaliGemmaAttentions(vision_attentions, decoder_attentions) if output_attentions else None
+        return PaliGemmaOutput(logits, kv_cache, loss, hidden_states, attentions)
 
     @torch.inference_mode()
     def decode_step(

@@ -67,8 +67,7 @@ def vit_attention(vit: SiglipVisionTransformer, image: torch.Tensor, layer: int,
     """
     if not 1 <= layer <= len(vit.encoder.layers):
         raise ValueError(f"layer must be in 1..{len(vit.encoder.layers)}, got {layer}")
-    block = vit.encoder.layers[layer - 1]
+    attentions: list[torch.Tensor] = []  # each layer appends its weights, float[B, N, P, P]
     with torch.no_grad():
-        hidden = vit(image)[1][layer - 1]  # (B, P, D), the input of this layer
-        _, weights = block.self_attn(block.layer_norm1(hidden), return_weights=True)  # (B, N, P, P)
-    return weights[0, :, patch].mean(dim=0)  # (P,)
+        vit(image, attentions)
+    return attentions[layer - 1][0, :, patch].mean(dim=0)  # (P,)

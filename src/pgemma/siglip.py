@@ -43,19 +43,24 @@ class SiglipAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, x: torch.Tensor, return_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """float[B, P, D] -> float[B, P, D]; with ``return_weights`` also float[B, N, P, P] (rows sum to 1)."""
+    def forward(self, x: torch.Tensor, attentions: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """float[B, P, D] -> float[B, P, D].
+
+        Args:
+            attentions: a list to append the attention weights float[B, N, P, P] to (rows sum to 1),
+                computed on the explicit path even when the layer uses SDPA; None: not formed.
+        """
         batch, length, _ = x.shape
         heads = (batch, length, self.num_heads, self.head_dim)
         q = self.q_proj(x).view(heads).transpose(1, 2)  # (B, N, P, H)
         k = self.k_proj(x).view(heads).transpose(1, 2)  # (B, N, P, H)
         v = self.v_proj(x).view(heads).transpose(1, 2)  # (B, N, P, H)
-        if return_weights:
-            out, weights = attention(q, k, v, return_weights=True)  # (B, N, P, H), (B, N, P, P)
-        else:
+        if attentions is None:
             out = attention(q, k, v, use_sdpa=self.use_sdpa)  # (B, N, P, H)
-        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, -1))  # (B, P, D)
-        return (out, weights) if return_weights else out
+        else:
+            out, weights = attention(q, k, v, return_weights=True)  # (B, N, P, H), (B, N, P, P)
+            attentions.append(weights)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, -1))  # (B, P, D)
 
 
 class SiglipMLP(nn.Module):
@@ -80,8 +85,9 @@ class SiglipEncoderLayer(nn.Module):
         self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = SiglipMLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
+    def forward(self, x: torch.Tensor, attentions: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """float[B, P, D] -> float[B, P, D]; ``attentions`` as in ``SiglipAttention.forward``."""
+        x = x + self.self_attn(self.layer_norm1(x), attentions)
         return x + self.mlp(self.layer_norm2(x))
 
 
@@ -90,11 +96,15 @@ class SiglipEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(SiglipEncoderLayer(config, use_sdpa) for _ in range(config.num_hidden_layers))
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """float[B, P, D] -> the hidden states: the input, then every layer's output (L + 1 of them)."""
+    def forward(self, x: torch.Tensor, attentions: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """float[B, P, D] -> the hidden states: the input, then every layer's output (L + 1 of them).
+
+        ``attentions``: a list to append every layer's attention weights float[B, N, P, P] to, in
+        order (the explicit path, even with SDPA); None: none are formed.
+        """
         hidden_states = [x]
         for layer in self.layers:
-            hidden_states.append(layer(hidden_states[-1]))
+            hidden_states.append(layer(hidden_states[-1], attentions))
         return hidden_states
 
 
@@ -107,12 +117,14 @@ class SiglipVisionTransformer(nn.Module):
         self.encoder = SiglipEncoder(config, use_sdpa)
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, pixel_values: torch.Tensor,
+                attentions: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """float[B, C, I, I] -> (patch features float[B, P, D], the encoder's hidden states).
 
-        The hidden states (patch embeddings, then each layer's output) are kept for inspection.
+        The hidden states (patch embeddings, then each layer's output) are kept for inspection, and
+        so are the attention weights when ``attentions`` is a list (see ``SiglipEncoder.forward``).
         """
-        hidden_states = self.encoder(self.embeddings(pixel_values))
+        hidden_states = self.encoder(self.embeddings(pixel_values), attentions)
         return self.post_layernorm(hidden_states[-1]), hidden_states
 
 
@@ -123,5 +135,6 @@ class SiglipVisionModel(nn.Module):
         super().__init__()
         self.vision_model = SiglipVisionTransformer(config, use_sdpa)
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        return self.vision_model(pixel_values)
+    def forward(self, pixel_values: torch.Tensor,
+                attentions: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self.vision_model(pixel_values, attentions)

@@ -1,9 +1,9 @@
 """Figures for chapter "Assembling PaliGemma": parts, training curves, answers, and where the answer looked.
 
-The attention figure needs the decoder's attention weights, which the fast path never forms:
-`answer_attention` runs the model once with ``output_hidden_states=True``, then re-runs each
-layer's attention on that layer's input with ``return_weights=True`` (the explicit path), and
-keeps the rows of the positions that write the answer and the columns of the image tokens.
+The attention figure needs the decoder's attention weights: `answer_attention` runs the model once
+with ``output_attentions=True`` (which forms them on the explicit path, even when the model uses
+SDPA), and keeps the rows of the positions that write the answer and the columns of the image
+tokens.
 """
 
 from typing import NamedTuple
@@ -14,10 +14,8 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from pgemma.masks import decoder_mask
 from pgemma.paligemma import IGNORE_INDEX, PaliGemmaForConditionalGeneration
 from pgemma.processor import PaliGemmaProcessor, parse_loc_tokens
-from pgemma.rope import rope_cos_sin
 from pgemma.viz.processor import plot_boxes
 from pgemma.world import WorldConfig, box_iou, example, split_seeds
 
@@ -199,21 +197,11 @@ def answer_attention(model: PaliGemmaForConditionalGeneration, processor: PaliGe
     """
     batch = processor(image, prompt, answer)
     ids = batch.input_ids  # (1, T)
-    length = ids.shape[1]
-    output = model(ids, batch.pixel_values, batch.attention_mask, batch.token_type_ids, output_hidden_states=True)
-    decoder = model.language_model.model
-    text = model.config.text_config
-    position_ids = torch.arange(1, length + 1)[None]  # (1, T): the forward pass's default positions
-    cos, sin = rope_cos_sin(position_ids, text.head_dim, text.rope_theta, output.hidden_states.decoder[0].dtype)
-    mask = decoder_mask(length, length, batch.attention_mask, batch.token_type_ids, 1, ids.device)  # (1, 1, T, S)
+    output = model(ids, batch.pixel_values, batch.attention_mask, batch.token_type_ids, output_attentions=True)
     writers = torch.nonzero(batch.labels[0, 1:] != IGNORE_INDEX)[:, 0]  # (A,): position t writes token t + 1
     is_image = ids[0] == model.config.image_token_index  # (S,)
-    rows = []
-    for index, layer in enumerate(decoder.layers):
-        states = layer.input_layernorm(output.hidden_states.decoder[index])  # (1, T, D)
-        _, weights = layer.self_attn(states, cos, sin, mask, None, index, return_weights=True)  # (1, N, T, S)
-        rows.append(weights[0].mean(0)[writers])  # (A, S)
-    weights = torch.stack(rows).float()  # (L, A, S)
+    layers = torch.stack(output.attentions.decoder)  # (L, 1, N, T, S)
+    weights = layers[:, 0].mean(1)[:, writers].float()  # (L, A, S): mean over heads, the writers' rows
     tokenizer = processor.tokenizer
     tokens = [tokenizer.decode([i]) if i != tokenizer.eos_id else "<eos>" for i in ids[0, writers + 1].tolist()]
     patches = weights[..., is_image]  # (L, A, P)

@@ -1,6 +1,6 @@
 """One-row matrix products at the speed of memory: ``x @ W.T`` as one compiled multiply-and-sum loop.
 
-Book: no chapter; ``benchmarks/README.md`` measures it. ``pgemma.fast_linear`` decides when to use it.
+Book: no chapter; ``benchmarks/README.md`` measures it. ``pgemma.fast.linear`` decides when to use it.
 
 Decoding one token multiplies a single row by every weight matrix. Each weight is read once and
 used for one multiply-add, so the product can go no faster than reading the matrix from memory
@@ -78,5 +78,5 @@ def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
 def _give_up(shape: tuple[int, ...], reason: str) -> None:
     """Remember that ``shape`` does not compile and say so, once."""
     _failed_shapes.add(shape)
-    warnings.warn(f"pgemma.gemv: no compiled product for a {shape[0]} x {shape[1]} weight ({reason}); "
+    warnings.warn(f"pgemma.fast.gemv: no compiled product for a {shape[0]} x {shape[1]} weight ({reason}); "
                   "its one-row products use another kernel", RuntimeWarning, stacklevel=3)

@@ -1,13 +1,14 @@
-"""compile_decoder: the compiled model gives the eager model's tokens and logits (up to rounding)."""
+"""compile_decoder (pgemma.fast.compiled): the eager model's tokens and logits (up to rounding), compiled."""
 
 import pytest
 import torch
 from conftest import CONFIGS, make_inputs, random_model
 
-from pgemma import compiled, fast_linear
-from pgemma.compiled import compile_decoder
-from pgemma.fast_linear import use_fast_linear
-from pgemma.fusion import fuse_projections
+from pgemma.fast import compiled
+from pgemma.fast import linear as fast_linear
+from pgemma.fast.compiled import compile_decoder
+from pgemma.fast.fusion import fuse_projections
+from pgemma.fast.linear import use_fast_linear
 from pgemma.generate import generate_tokens
 from pgemma.processor import ProcessorBatch
 

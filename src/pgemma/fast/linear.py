@@ -1,6 +1,7 @@
 """Fast CPU matrix products for inference: an opt-in swap of the model's ``nn.Linear`` layers.
 
-Book: no chapter; ``benchmarks/README.md`` measures it. The model code keeps plain ``nn.Linear``.
+Book: no chapter; ``benchmarks/README.md`` measures it. The model code (``pgemma.gemma``,
+``pgemma.siglip``) keeps plain ``nn.Linear``.
 
 On the CPU, PyTorch computes a float32 ``nn.Linear`` with its BLAS library (Intel MKL in the x86
 wheels). PyTorch also ships oneDNN (``torch.backends.mkldnn``), whose matrix product it uses for
@@ -12,12 +13,12 @@ bfloat16 but not for float32. Measured on the benchmark machine (AMD EPYC, 2 cor
     1 row, W 16384 x 2048, 2 threads    5.8 ms    3.5 ms    2.7-2.9 ms   (MKL's one-row product uses one core)
 
 A one-row product, the decoding of one token, reads each weight once for one multiply-add: its
-speed is the memory's. ``pgemma.gemv`` streams the weight at nearly the speed of reading it
+speed is the memory's. ``pgemma.fast.gemv`` streams the weight at nearly the speed of reading it
 (compiled by ``torch.compile``); products of several rows reuse each weight and go to oneDNN. For
 small products the library call costs more than the arithmetic (about 13 us against 2 us for one
 row times 128 x 128), so the choice is made per call:
 
-    one row, at least GEMV_MIN_WEIGHTS weights                      ->  pgemma.gemv
+    one row, at least GEMV_MIN_WEIGHTS weights                      ->  pgemma.fast.gemv
     rows x out_features x in_features >= ONEDNN_MIN_MULTIPLY_ADDS   ->  oneDNN
     otherwise, or when a gradient is needed, or not float32 on CPU  ->  torch.nn.functional.linear
 
@@ -34,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pgemma.fusion import fused_projections
-from pgemma.gemv import gemv
+from pgemma.fast.fusion import fused_projections
+from pgemma.fast.gemv import gemv
 
 # 2**20 multiply-adds (one row x 1024 x 1024, 8 rows x 512 x 256, 64 rows x 128 x 128): about where
 # the two libraries break even on the benchmark machine with one thread; above it oneDNN wins.
@@ -43,7 +44,7 @@ ONEDNN_MIN_MULTIPLY_ADDS = 2**20
 # Layers with fewer weights than this (512 x 512) are not swapped: their products gain little even
 # for a long prompt, and the tests below would cost every one-row decode step a little time.
 SWAP_MIN_WEIGHTS = 2**18
-# One-row products of at least this many weights (512 x 512) go to pgemma.gemv: from there on it reads
+# One-row products of at least this many weights (512 x 512) go to pgemma.fast.gemv: from there on it reads
 # the weight faster than oneDNN (29 against 28 GB/s at 512 x 512, 37 against 32 at 256 x 2048).
 GEMV_MIN_WEIGHTS = 2**18
 
@@ -74,7 +75,7 @@ def use_gemv_for(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return weight.is_contiguous() and _inference_on_cpu(x, weight)
 
 
-# A custom operator, so that torch.compile (pgemma.compiled) calls it as it is: it cannot compile
+# A custom operator, so that torch.compile (pgemma.fast.compiled) calls it as it is: it cannot compile
 # oneDNN's operator on a plain weight, and would otherwise split the graph around every such call.
 @torch.library.custom_op("pgemma::onednn_linear", mutates_args=())
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -117,9 +118,9 @@ class FastLinear(nn.Linear):
 def use_fast_linear(model: nn.Module) -> nn.Module:
     """Swap each ``nn.Linear`` with at least ``SWAP_MIN_WEIGHTS`` weights for a ``FastLinear``.
 
-    Fused projections (``pgemma.fusion``, apply them first) of that size compute through ``linear``.
+    Fused projections (``pgemma.fast.fusion``, apply them first) of that size compute through ``linear``.
     Works in place and returns ``model``; does nothing when PyTorch was built without oneDNN.
-    The first one-row product of each large weight shape compiles ``pgemma.gemv`` (about a second).
+    The first one-row product of each large weight shape compiles ``pgemma.fast.gemv`` (about a second).
     """
     if not onednn_available():
         return model

@@ -10,10 +10,10 @@ it into a graph once, fuses the elementwise operations into a few C++ loops and,
 machine, two threads, greedy, same tokens): 3,560 tokens/s at batch 1 and 14,980 at batch 8, against
 1,970 and 9,870 for the same model eager with ``fuse_projections`` and ``use_fast_linear``.
 
-Matrix products stay library calls. With ``pgemma.fast_linear``, one-row products become the
-compiler's own fused loop (``pgemma.gemv``), and oneDNN's products run as they are between compiled
-pieces; stacked projections (``pgemma.fusion``) are not used inside the compiled graph, which is as
-fast without them.
+Matrix products stay library calls. With ``pgemma.fast.linear``, one-row products become the
+compiler's own fused loop (``pgemma.fast.gemv``), and oneDNN's products run as they are between
+compiled pieces; stacked projections (``pgemma.fast.fusion``) are not used inside the compiled graph,
+which is as fast without them.
 
 ``dynamic=True`` lets one graph serve every prompt and cache length, and batch sizes above one.
 The first prefill and the first decode step of each kind compile: 15-30 s on the benchmark machine

@@ -1,4 +1,5 @@
-"""Fused projections: the same numbers from fewer products, no extra memory, training unaffected."""
+"""Fused projections (pgemma.fast.fusion): the same numbers from fewer products, no extra memory, the same
+Parameters, training unaffected."""
 
 import pytest
 import torch
@@ -6,10 +7,11 @@ import torch.nn.functional as F
 from conftest import CONFIGS, make_inputs, random_model
 from torch import nn
 
-from pgemma import fast_linear
 from pgemma.config import GemmaConfig
-from pgemma.fusion import FusedProjections, fuse_projections, fused_projections
-from pgemma.gemma import GemmaForCausalLM
+from pgemma.fast import linear as fast_linear
+from pgemma.fast.fusion import (FusedGemmaAttention, FusedGemmaMLP, FusedProjections, fuse_projections,
+                                fused_projections)
+from pgemma.gemma import GemmaAttention, GemmaForCausalLM, GemmaMLP
 from pgemma.generate import generate_tokens
 from pgemma.processor import ProcessorBatch
 
@@ -47,14 +49,16 @@ def test_fused_model_computes_the_same_logits_and_tokens(name, monkeypatch):
 def test_weights_become_views_no_parameter_or_key_changes():
     config = CONFIGS["grouped_query"]
     model = random_model(config)
-    names, state = [n for n, _ in model.named_parameters()], model.state_dict()
+    parameters, state = dict(model.named_parameters()), model.state_dict()
     before = {key: value.clone() for key, value in state.items()}
     fuse_projections(model)
-    assert [n for n, _ in model.named_parameters()] == names
+    after = dict(model.named_parameters())
+    assert after.keys() == parameters.keys()
+    assert all(after[name] is parameters[name] for name in parameters)  # the same Parameter objects
     after = model.state_dict()
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     attention = model.language_model.model.layers[0].self_attn
-    fused = attention.fused_qkv
+    fused = attention.qkv
     assert fused.weight.shape == (attention.q_proj.out_features + 2 * attention.k_proj.out_features,
                                   config.text_config.hidden_size)
     for layer in (attention.q_proj, attention.k_proj, attention.v_proj):  # no weight is stored twice
@@ -100,14 +104,15 @@ def test_only_small_groups_are_fused():
     mlp = model.language_model.model.layers[0].mlp
     gate_up = mlp.gate_proj.weight.numel() + mlp.up_proj.weight.numel()
     fuse_projections(model, max_weights=gate_up - 1)
-    assert mlp.fused_gate_up is None
-    assert model.language_model.model.layers[0].self_attn.fused_qkv is not None  # smaller than gate/up
+    layer = model.language_model.model.layers[0]
+    assert type(layer.mlp) is GemmaMLP
+    assert type(layer.self_attn) is FusedGemmaAttention  # smaller than gate/up
     # The default limit: 128 x 512 (the shipped model's size) is fused, 1024 x 1024 is not.
     for width, fused in ((128, True), (1024, False)):
         text = GemmaConfig(vocab_size=16, hidden_size=width, intermediate_size=width * 4 if fused else width,
                            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=64)
         decoder = fuse_projections(GemmaForCausalLM(text))
-        assert (decoder.model.layers[0].mlp.fused_gate_up is not None) == fused
+        assert isinstance(decoder.model.layers[0].mlp, FusedGemmaMLP) == fused
 
 
 def test_layers_that_cannot_be_fused_are_refused():
@@ -141,3 +146,41 @@ def test_loading_weights_into_a_fused_model_reaches_the_fused_matrix(monkeypatch
         torch.testing.assert_close(fused(**inputs).logits, random_model(config, seed=7)(**inputs).logits,
                                    rtol=1e-6, atol=1e-6)
     assert not calls
+
+
+def test_the_fused_modules_are_the_reference_modules_with_one_step_overridden():
+    config = CONFIGS["grouped_query"]
+    model = random_model(config)
+    layer = model.language_model.model.layers[0]
+    attention, mlp = layer.self_attn, layer.mlp
+    children = {name: child for name, child in [*attention.named_children(), *mlp.named_children()]}
+    fuse_projections(model)
+    assert isinstance(layer.self_attn, GemmaAttention) and isinstance(layer.mlp, GemmaMLP)
+    assert {name for name in vars(FusedGemmaAttention) if not name.startswith("__")} == {"from_attention", "project"}
+    assert {name for name in vars(FusedGemmaMLP) if not name.startswith("__")} == {"from_mlp", "gate_and_up"}
+    for name, child in [*layer.self_attn.named_children(), *layer.mlp.named_children()]:
+        assert child is children[name]  # the same layers, holding the same Parameters
+    assert not layer.self_attn.training and layer.self_attn.use_sdpa == attention.use_sdpa
+    assert not any(p.is_meta for p in model.parameters())
+    x = torch.randn(2, 5, config.text_config.hidden_size)
+    with torch.no_grad():  # each step gives the reference step's tensors
+        for ours, reference in zip(layer.self_attn.project(x), GemmaAttention.project(layer.self_attn, x)):
+            assert ours.shape == reference.shape
+            torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
+        for ours, reference in zip(layer.mlp.gate_and_up(x), GemmaMLP.gate_and_up(layer.mlp, x)):
+            torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
+
+
+def test_an_optimizer_made_before_fusing_still_trains_the_model(monkeypatch):
+    config = CONFIGS["multi_head"]
+    plain, fused = random_model(config, seed=4), random_model(config, seed=4)
+    optimizers = [torch.optim.SGD(model.parameters(), lr=0.1) for model in (plain, fused)]
+    fuse_projections(fused)
+    calls = count_fused_calls(monkeypatch)
+    inputs = make_inputs(config)
+    for model, optimizer in zip((plain, fused), optimizers):
+        model(**inputs).loss.backward()
+        optimizer.step()
+    with torch.no_grad():  # the step reached the stacked matrices through the Parameters it holds
+        torch.testing.assert_close(fused(**inputs).logits, plain(**inputs).logits, rtol=1e-6, atol=1e-6)
+    assert calls

@@ -1,4 +1,4 @@
-"""gemv, the compiled one-row product: F.linear's results up to rounding, and a clean fallback."""
+"""gemv (pgemma.fast.gemv), the compiled one-row product: F.linear's results up to rounding, and a clean fallback."""
 
 import warnings
 
@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 from conftest import CONFIGS, make_inputs, random_model
 
-from pgemma import fast_linear, gemv
-from pgemma.compiled import cpp_compiler
-from pgemma.fast_linear import use_fast_linear, use_gemv_for
+from pgemma.fast import gemv
+from pgemma.fast import linear as fast_linear
+from pgemma.fast.compiled import cpp_compiler
+from pgemma.fast.linear import use_fast_linear, use_gemv_for
 from pgemma.generate import generate_tokens
 from pgemma.processor import ProcessorBatch
 
