@@ -70,7 +70,7 @@ def prepare_for_generation(model: PaliGemmaForConditionalGeneration) -> PaliGemm
 
 def small_config(max_position_embeddings: int | None = None) -> PaliGemmaConfig:
     """The shipped model's config, optionally with a longer context (its own is 512 tokens)."""
-    from pgemma.train import shipped_model_folder  # here, not at the top: see `child`
+    from pgemma.shipped import shipped_model_folder  # here, not at the top: see `child`
 
     config = load_config(shipped_model_folder())
     if max_position_embeddings is None:
@@ -411,7 +411,7 @@ def main() -> None:
           f"read only (sum): {read_bandwidth() / 1e9:.2f} GB/s")
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    from pgemma.train import shipped_model_folder
+    from pgemma.shipped import shipped_model_folder
 
     checkpoints = {"small": shipped_model_folder(),
                    "300M": random_checkpoint(args.workdir, "paligemma-300m-random", config_300m())}
