@@ -65,7 +65,7 @@ PGEMMA_SETTINGS = ("pgemma.fast.prepare_for_speed(compile_decoder=True): use_sdp
 
 def small_config(max_position_embeddings: int | None = None) -> PaliGemmaConfig:
     """The shipped model's config, optionally with a longer context (its own is 512 tokens)."""
-    from pgemma.train import shipped_model_folder  # here, not at the top: see `child`
+    from pgemma.shipped import shipped_model_folder  # here, not at the top: see `child`
 
     config = load_config(shipped_model_folder())
     if max_position_embeddings is None:
@@ -406,7 +406,7 @@ def main() -> None:
           f"read only (sum): {read_bandwidth() / 1e9:.2f} GB/s")
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    from pgemma.train import shipped_model_folder
+    from pgemma.shipped import shipped_model_folder
 
     checkpoints = {"small": shipped_model_folder(),
                    "300M": random_checkpoint(args.workdir, "paligemma-300m-random", config_300m())}

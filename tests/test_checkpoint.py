@@ -215,7 +215,7 @@ def test_truncated_safetensors_is_reported_with_its_file(source, tmp_path):
 def test_bad_config_json_is_reported(source, tmp_path):
     folder = _rewrite(source, tmp_path / "config", lambda k: k)
     (folder / "config.json").unlink()
-    with pytest.raises(ValueError, match=r"config\.json: not found"):
+    with pytest.raises(ValueError, match=r"no config\.json in '.*config'; is it a PaliGemma checkpoint folder"):
         load_model(folder)
     (folder / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"config\.json: not valid JSON"):

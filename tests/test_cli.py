@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 from test_generate import build_checkpoint
 
-from pgemma import train
+from pgemma import shipped
 from pgemma.__main__ import main
 from pgemma.checkpoint import load_model
 from pgemma.generate import Sampling, generate
 from pgemma.processor import load_processor
 from pgemma.world import split_of
 
-SHIPPED_MISSING = not train.shipped_model_folder().is_dir()
+SHIPPED_MISSING = not shipped.shipped_model_folder().is_dir()
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_without_image_a_new_scene_is_drawn_saved_and_answered(checkpoint, tmp_p
 
 
 def test_without_model_a_missing_shipped_model_is_named(image_file, monkeypatch, capsys):
-    monkeypatch.setattr(train, "SHIPPED_MODEL", "no_such_model")
+    monkeypatch.setattr(shipped, "SHIPPED_MODEL", "no_such_model")
     assert main(["generate", "--image", str(image_file)]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("pgemma: error: no --model given and the shipped model folder ")
@@ -128,7 +128,7 @@ def test_without_model_a_missing_shipped_model_is_named(image_file, monkeypatch,
     assert captured.out == ""
 
 
-@pytest.mark.skipif(SHIPPED_MISSING, reason=f"the shipped model is not in {train.shipped_model_folder()} "
+@pytest.mark.skipif(SHIPPED_MISSING, reason=f"the shipped model is not in {shipped.shipped_model_folder()} "
                                             "(train it: python -m pgemma.train)")
 @pytest.mark.parametrize("prompt, pattern", [
     ("caption en", r"a (red|green|blue|yellow) (circle|square|triangle)( left of a \w+ \w+)?"),

@@ -1,11 +1,12 @@
 """Configs: the real numbers, config.json in and out (checked against transformers), clear errors."""
 
 import dataclasses
+import json
 
 import pytest
 from conftest import CONFIGS
 
-from pgemma.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
+from pgemma.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig, load_config
 
 # google/paligemma-3b-pt-224's config.json as published on the hub (transformers 4.41 era).
 HUB_3B_224 = {
@@ -93,6 +94,28 @@ def test_missing_fields_are_filled_as_transformers_does(config_json):
 def test_bad_config_json_is_refused(config_json, error, message):
     with pytest.raises(error, match=message):
         PaliGemmaConfig.from_hf_dict(config_json)
+
+
+def test_a_stated_number_of_image_tokens_must_match_the_sizes():
+    config_json = PaliGemmaConfig.tiny().to_hf_dict()
+    config_json["vision_config"]["num_image_tokens"] = 9
+    with pytest.raises(ValueError, match=r"vision_config.num_image_tokens 9 != \(image_size 32 // patch_size 8\) "
+                                         r"\*\* 2 = 16"):
+        PaliGemmaConfig.from_hf_dict(config_json)
+
+
+def test_load_config_names_the_file(tmp_path):
+    with pytest.raises(ValueError, match="no config.json in .*; is it a PaliGemma checkpoint folder"):
+        load_config(tmp_path)
+    path = tmp_path / "config.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"config\.json: not valid JSON"):
+        load_config(tmp_path)
+    path.write_text(json.dumps({"model_type": "paligemma", "text_config": {"num_hidden_layers": "18"}}))
+    with pytest.raises(TypeError, match=r"config\.json: text_config.num_hidden_layers must be an int"):
+        load_config(tmp_path)
+    path.write_text(json.dumps(PaliGemmaConfig.tiny().to_hf_dict()))
+    assert load_config(tmp_path) == PaliGemmaConfig.tiny()
 
 
 def test_inconsistent_sizes_are_refused():

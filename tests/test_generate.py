@@ -311,8 +311,11 @@ def test_bad_options(model, processor, batch):
 
 def test_processor_from_another_checkpoint_is_refused(model, processor):
     other = PaliGemmaProcessor(processor.tokenizer, image_size=64, num_image_tokens=64)
-    with pytest.raises(ValueError, match="image_size is 64 but the model's vision_config.image_size is 32"):
+    with pytest.raises(ValueError, match="image_size is 64 but the model's config needs 32"):
         generate(model, other, images(1), "caption en")
+    other_tokenizer = make_tokenizer(seg_tokens=True)  # 128 more ids than the model embeds
+    with pytest.raises(ValueError, match="the tokenizer has .* ids but the model embeds only"):
+        generate(model, PaliGemmaProcessor(other_tokenizer, image_size=32, num_image_tokens=16), images(1), "caption en")
 
 
 @pytest.mark.parametrize("use_sdpa", [False, True])

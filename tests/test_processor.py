@@ -1,5 +1,6 @@
-"""Tests for pgemma.processor: image steps, prompt layout, padding, boxes, bad input, HF parity."""
+"""Tests for pgemma.processor: image steps, prompt layout, padding, bad input, checkpoint folders, HF parity."""
 
+import dataclasses
 import json
 import logging
 import struct
@@ -11,14 +12,8 @@ import torch
 from PIL import Image
 from test_tokenizer import make_tokenizer
 
-from pgemma.processor import (
-    IGNORE_INDEX,
-    PaliGemmaProcessor,
-    ProcessorBatch,
-    boxes_to_loc_tokens,
-    load_processor,
-    parse_loc_tokens,
-)
+from pgemma.config import IGNORE_INDEX, PaliGemmaConfig
+from pgemma.processor import PaliGemmaProcessor, ProcessorBatch, load_processor
 
 IMAGE_SIZE, NUM_IMAGE_TOKENS = 32, 16
 PROMPTS = ["caption en", "answer en what color is the cat?", "detect cat ; dog"]
@@ -183,55 +178,38 @@ def test_prompt_longer_than_context(processor):
         processor(random_images()[0], "the quick brown fox " * 100)
 
 
-def test_boxes_round_trip():
-    box = (10.0, 20.0, 40.0, 60.0)
-    text = boxes_to_loc_tokens(box, 64)
-    assert text == "<loc0160><loc0320><loc0640><loc0960>"
-    [(parsed, label)] = parse_loc_tokens(text + " cat", 64)
-    assert parsed == box and label == "cat"
-    assert boxes_to_loc_tokens((0, 0, 64, 64), 64) == "<loc0000><loc0000><loc1023><loc1023>"
-    # Rectangular image: y is a fraction of the height, x of the width.
-    assert boxes_to_loc_tokens((50, 100, 100, 200), (100, 200)) == "<loc0512><loc0512><loc1023><loc1023>"
+def checkpoint_config(tokenizer, **changes) -> PaliGemmaConfig:
+    """A model config for the tokenizer: 32 px images, 16 image tokens, a context of 300."""
+    tiny = PaliGemmaConfig.tiny()
+    text = dataclasses.replace(tiny.text_config, vocab_size=tokenizer.vocab_size, max_position_embeddings=300)
+    return dataclasses.replace(tiny, text_config=text, **{"image_token_index": tokenizer.image_id, **changes})
 
 
-def test_round_trip_error_below_one_bin():
-    rng = np.random.default_rng(0)
-    for _ in range(200):
-        y0, y1 = sorted(rng.uniform(0, 480, 2))
-        x0, x1 = sorted(rng.uniform(0, 640, 2))
-        [(box, _)] = parse_loc_tokens(boxes_to_loc_tokens((y0, x0, y1, x1), (480, 640)) + " a", (480, 640))
-        assert np.all(np.abs(np.subtract(box, (y0, x0, y1, x1))) <= np.array([480, 640] * 2) / 1024)
+def write_config(folder, config_json):
+    (folder / "config.json").write_text(json.dumps(config_json))
 
 
-def test_parse_several_detections_and_segments():
-    text = ("<loc0000><loc0512><loc0256><loc1023> red cat ; "
-            "<loc0100><loc0100><loc0200><loc0200><seg001><seg002> dog ; trailing words")
-    parsed = parse_loc_tokens(text)
-    assert [label for _, label in parsed] == ["red cat", "dog"]
-    assert parsed[0][0] == (0.0, 0.5, 0.25, 1023 / 1024)
-    assert parse_loc_tokens("no boxes here") == []
+def test_from_config(tokenizer):
+    processor = PaliGemmaProcessor.from_config(checkpoint_config(tokenizer), tokenizer)
+    assert (processor.image_size, processor.num_image_tokens, processor.max_length) == (32, 16, 300)
 
 
-def test_bad_boxes():
-    with pytest.raises(ValueError, match="not a .* box inside"):
-        boxes_to_loc_tokens((10, 10, 5, 20), 64)
-    with pytest.raises(ValueError, match="got 3 numbers"):
-        boxes_to_loc_tokens((1, 2, 3), 64)
-
-
-def write_config(folder, **overrides):
-    config = {
-        "image_token_index": 4,
-        "vision_config": {"image_size": IMAGE_SIZE, "patch_size": 8},
-        "text_config": {"num_image_tokens": NUM_IMAGE_TOKENS, "max_position_embeddings": 300},
-    }
-    config.update(overrides)
-    (folder / "config.json").write_text(json.dumps(config))
+def test_from_config_refuses_a_tokenizer_of_another_model(tokenizer):
+    with pytest.raises(ValueError, match="image_token_index is 5 but the tokenizer's <image> is 4; the tokenizer"):
+        PaliGemmaProcessor.from_config(checkpoint_config(tokenizer, image_token_index=5), tokenizer)
+    with pytest.raises(ValueError, match="eos_token_id is 2 but the tokenizer's <eos> is 1"):
+        PaliGemmaProcessor.from_config(checkpoint_config(tokenizer, eos_token_id=2), tokenizer)
+    with pytest.raises(ValueError, match="pad_token_id is 3 but the tokenizer's <pad> is 0"):
+        PaliGemmaProcessor.from_config(checkpoint_config(tokenizer, pad_token_id=3), tokenizer)
+    small = checkpoint_config(tokenizer)
+    small = dataclasses.replace(small, text_config=dataclasses.replace(small.text_config, vocab_size=1000))
+    with pytest.raises(ValueError, match=r"the tokenizer has 1234 ids but the model embeds only .*vocab_size=1000"):
+        PaliGemmaProcessor.from_config(small, tokenizer)
 
 
 def test_load_processor(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path)
-    write_config(tmp_path)
+    write_config(tmp_path, checkpoint_config(tokenizer).to_hf_dict())
     processor = load_processor(tmp_path)
     assert (processor.image_size, processor.num_image_tokens, processor.max_length) == (32, 16, 300)
     assert processor.tokenizer.encode("a red cat") == tokenizer.encode("a red cat")
@@ -241,17 +219,21 @@ def test_load_processor_errors(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="no config.json"):
         load_processor(tmp_path)
     (tmp_path / "config.json").write_text("{oops")
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(ValueError, match="config.json: not valid JSON"):
         load_processor(tmp_path)
-    write_config(tmp_path)
+    config_json = checkpoint_config(tokenizer).to_hf_dict()
+    write_config(tmp_path, config_json)
     with pytest.raises(ValueError, match="expected tokenizer.json or tokenizer.model"):
         load_processor(tmp_path)
     tokenizer.save_pretrained(tmp_path)
-    write_config(tmp_path, image_token_index=257152)
-    with pytest.raises(ValueError, match="image_token_index is 257152 but the tokenizer's <image> is 4"):
+    write_config(tmp_path, {**config_json, "image_token_index": 5})
+    with pytest.raises(ValueError, match="config.json: image_token_index is 5 but the tokenizer's <image> is 4"):
         load_processor(tmp_path)
-    write_config(tmp_path, text_config={"num_image_tokens": 9})
-    with pytest.raises(ValueError, match="num_image_tokens 9"):
+    write_config(tmp_path, {**config_json, "text_config": {**config_json["text_config"], "num_image_tokens": 9}})
+    with pytest.raises(ValueError, match=r"config.json: text_config.num_image_tokens 9 != \(image_size 32 // "):
+        load_processor(tmp_path)
+    write_config(tmp_path, {**config_json, "model_type": "llava"})
+    with pytest.raises(ValueError, match="config.json: model_type must be 'paligemma'"):
         load_processor(tmp_path)
 
 

@@ -1,13 +1,22 @@
+"""Tests for pgemma.train: the recipe, the data of a step, the loop and its checkpoints, both stages,
+evaluation and the command line."""
+
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
 import torch
 
-from pgemma import train
-from pgemma.train import (Recipe, StageConfig, TowerPretrainer, build_model, build_processor, build_tokenizer,
-                          evaluate, init_loc_embeddings, load_shipped_model, load_state, lr_at, make_optimizer,
-                          patch_labels, process, save_state, shipped_model_folder, train_loop, training_examples)
-from pgemma.world import HELDOUT_START, WorldConfig, example
+from pgemma.processor import PaliGemmaProcessor
+from pgemma.train import loop
+from pgemma.train.__main__ import main
+from pgemma.train.data import forward, patch_labels, process, training_examples
+from pgemma.train.evaluation import evaluate
+from pgemma.train.loop import load_state, lr_at, make_optimizer, save_state, train_loop
+from pgemma.train.recipe import Recipe, StageConfig, build_model, build_tokenizer, init_loc_embeddings
+from pgemma.train.stage0 import TowerPretrainer
+from pgemma.world import WorldConfig, example
 
 RECIPE = Recipe.tiny()
 
@@ -22,10 +31,14 @@ def fresh_model(tokenizer):
     return build_model(RECIPE.model, RECIPE.world, tokenizer)
 
 
+def processor_of(model, tokenizer):
+    return PaliGemmaProcessor.from_config(model.config, tokenizer)
+
+
 def prefix_lm_loss(model, processor, cfg, record=None):
     def loss_fn(step):
         batch = process(processor, training_examples(step, RECIPE.world, cfg, stage=1))
-        loss = train.forward(model, batch, labels=batch.labels).loss
+        loss = forward(model, batch, labels=batch.labels).loss
         if record is not None:
             record.append(loss.item())
         return loss
@@ -34,8 +47,8 @@ def prefix_lm_loss(model, processor, cfg, record=None):
 
 def test_first_loss_is_near_uniform(tokenizer):
     model = fresh_model(tokenizer)
-    batch = process(build_processor(model, tokenizer), [example(s, RECIPE.world) for s in range(8)])
-    loss = train.forward(model, batch, labels=batch.labels).loss
+    batch = process(processor_of(model, tokenizer), [example(s, RECIPE.world) for s in range(8)])
+    loss = forward(model, batch, labels=batch.labels).loss
     assert abs(loss.item() - torch.log(torch.tensor(float(tokenizer.vocab_size)))) < 1.0
 
 
@@ -43,7 +56,7 @@ def test_short_training_lowers_the_loss(tokenizer, tmp_path):
     model = fresh_model(tokenizer)
     cfg = StageConfig(steps=60, batch_size=8, lr=3e-3, warmup=5, checkpoint_every=1000)
     losses = []
-    train_loop("test", model, prefix_lm_loss(model, build_processor(model, tokenizer), cfg, losses), cfg,
+    train_loop("test", model, prefix_lm_loss(model, processor_of(model, tokenizer), cfg, losses), cfg,
                tmp_path / "state.safetensors")
     assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
 
@@ -51,11 +64,11 @@ def test_short_training_lowers_the_loss(tokenizer, tmp_path):
 def test_resuming_continues_exactly_like_an_uninterrupted_run(tokenizer, tmp_path):
     cfg = StageConfig(steps=12, batch_size=4, lr=3e-3, warmup=3, checkpoint_every=5)
     straight = fresh_model(tokenizer)
-    train_loop("straight", straight, prefix_lm_loss(straight, build_processor(straight, tokenizer), cfg), cfg,
+    train_loop("straight", straight, prefix_lm_loss(straight, processor_of(straight, tokenizer), cfg), cfg,
                tmp_path / "straight.safetensors")
 
     interrupted = fresh_model(tokenizer)
-    crashing = prefix_lm_loss(interrupted, build_processor(interrupted, tokenizer), cfg)
+    crashing = prefix_lm_loss(interrupted, processor_of(interrupted, tokenizer), cfg)
 
     def crash_at_step_7(step):
         if step == 7:
@@ -65,7 +78,7 @@ def test_resuming_continues_exactly_like_an_uninterrupted_run(tokenizer, tmp_pat
     with pytest.raises(KeyboardInterrupt):
         train_loop("interrupted", interrupted, crash_at_step_7, cfg, tmp_path / "resumed.safetensors")
     resumed = fresh_model(tokenizer)  # a new process: nothing but the checkpoint at step 5 survives
-    train_loop("resumed", resumed, prefix_lm_loss(resumed, build_processor(resumed, tokenizer), cfg), cfg,
+    train_loop("resumed", resumed, prefix_lm_loss(resumed, processor_of(resumed, tokenizer), cfg), cfg,
                tmp_path / "resumed.safetensors")
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
@@ -85,7 +98,7 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint(tokenizer, tmp_path
 
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
-    monkeypatch.setattr(train, "save_file", write_half_then_die)
+    monkeypatch.setattr(loop, "save_file", write_half_then_die)
     with pytest.raises(OSError, match="disk full"):
         save_state(path, model, optimizer, 20, {"curve": []})
     assert [p.name for p in tmp_path.iterdir()] == [path.name], "no temporary file is left behind"
@@ -122,7 +135,8 @@ def test_stage0_loss_runs_on_the_tower(tokenizer):
     model = fresh_model(tokenizer)
     pretrainer = TowerPretrainer(model.vision_tower, RECIPE.world, tokenizer.vocab_size,
                                  model.config.vision_config.hidden_size)
-    loss = pretrainer.loss([example(s, RECIPE.world) for s in range(4)], tokenizer, RECIPE.world,
+    processor = processor_of(model, tokenizer)
+    loss = pretrainer.loss([example(s, RECIPE.world) for s in range(4)], processor, RECIPE.world,
                            RECIPE.model.patch_size, 1.0)
     loss.backward()
     assert model.vision_tower.vision_model.embeddings.patch_embedding.weight.grad is not None
@@ -141,46 +155,25 @@ def test_neighbouring_loc_bins_start_similar(tokenizer):
 
 def test_evaluate_reports_every_task(tokenizer):
     model = fresh_model(tokenizer)
-    scores = evaluate(model, build_processor(model, tokenizer), RECIPE.world, num_scenes=4, batch_size=2)
+    scores = evaluate(model, processor_of(model, tokenizer), RECIPE.world, num_scenes=4, batch_size=2)
     assert set(scores) == {"caption_exact", "colour_exact", "count_exact", "detect_exact", "detect_iou"}
     assert all(0.0 <= v <= 1.0 for v in scores.values())
 
 
-def shipped_examples(count=6):
-    world = Recipe.shipped().world
-    return [example(seed, world, task=task) for seed, task in zip(range(HELDOUT_START, HELDOUT_START + count),
-                                                                  ["caption", "colour", "count", "detect"] * count)]
-
-
-def test_the_shipped_model_gives_the_same_logits_in_pgemma_and_transformers():
-    transformers = pytest.importorskip("transformers")
-    model, processor = load_shipped_model()
-    examples = shipped_examples()
-    batch = process(processor, examples)
-    ours = train.forward(model, batch).logits
-    reference = transformers.PaliGemmaForConditionalGeneration.from_pretrained(
-        shipped_model_folder(), dtype=torch.float32, attn_implementation="eager").eval()
-    with torch.no_grad():
-        theirs = reference(input_ids=batch.input_ids, pixel_values=batch.pixel_values,
-                           attention_mask=batch.attention_mask, token_type_ids=batch.token_type_ids).logits
-    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
-
-
-def test_the_shipped_model_answers_held_out_scenes():
-    model, processor = load_shipped_model()
-    assert shipped_model_folder().joinpath("model.safetensors").stat().st_size < 20_000_000
-    scores = evaluate(model, processor, Recipe.shipped().world, num_scenes=40, batch_size=40)
-    assert min(scores["caption_exact"], scores["colour_exact"], scores["count_exact"]) >= 0.95, scores
-    assert scores["detect_iou"] >= 0.75, scores
-
-
 def test_the_command_line_trains_exports_and_resumes(tmp_path, capsys):
-    train.main(["--recipe", "tiny", "--out", str(tmp_path), "--eval-scenes", "8"])
+    main(["--recipe", "tiny", "--out", str(tmp_path), "--eval-scenes", "8"])
     printed = capsys.readouterr().out
     for name in ("caption_exact", "colour_exact", "count_exact", "detect_iou"):
         assert name in printed
     model_folder = tmp_path / "model"
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in model_folder.iterdir()}
     written = (model_folder / "model.safetensors").read_bytes()
-    train.main(["--recipe", "tiny", "--out", str(tmp_path), "--eval-scenes", "8"])  # resumes: nothing left to train
+    main(["--recipe", "tiny", "--out", str(tmp_path), "--eval-scenes", "8"])  # resumes: nothing left to train
     assert (model_folder / "model.safetensors").read_bytes() == written
+
+
+def test_python_m_pgemma_train_is_the_command_line():
+    result = subprocess.run([sys.executable, "-m", "pgemma.train", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m pgemma.train") and "--out OUT" in result.stdout

@@ -9,11 +9,13 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pgemma.config import PaliGemmaConfig  # noqa: E402
+from pgemma.config import IGNORE_INDEX, PaliGemmaConfig  # noqa: E402
+from pgemma.loc_tokens import boxes_to_loc_tokens  # noqa: E402
 from pgemma.masks import decoder_mask  # noqa: E402
-from pgemma.paligemma import IGNORE_INDEX, PaliGemmaForConditionalGeneration  # noqa: E402
+from pgemma.paligemma import PaliGemmaForConditionalGeneration  # noqa: E402
+from pgemma.processor import PaliGemmaProcessor  # noqa: E402
 from pgemma.rope import rope_cos_sin  # noqa: E402
-from pgemma.train import Recipe, build_model, build_processor, build_tokenizer  # noqa: E402
+from pgemma.train.recipe import Recipe, build_model, build_tokenizer  # noqa: E402
 from pgemma.viz.paligemma import (  # noqa: E402
     PARTS,
     answer_attention,
@@ -28,7 +30,6 @@ from pgemma.viz.paligemma import (  # noqa: E402
     plot_training_curves,
 )
 from pgemma.viz.widgets import dropdown, int_slider, interactive_figure  # noqa: E402
-from pgemma.processor import boxes_to_loc_tokens  # noqa: E402
 from pgemma.world import HELDOUT_START, example  # noqa: E402
 
 
@@ -38,7 +39,7 @@ def tiny():
     recipe = Recipe.tiny()
     tokenizer = build_tokenizer(recipe.world, recipe.model.vocab_size)
     model = build_model(recipe.model, recipe.world, tokenizer).eval()
-    return model, build_processor(model, tokenizer), recipe.world
+    return model, PaliGemmaProcessor.from_config(model.config, tokenizer), recipe.world
 
 
 @pytest.fixture(autouse=True)

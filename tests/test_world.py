@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pgemma.processor import boxes_to_loc_tokens, parse_loc_tokens
+from pgemma.loc_tokens import boxes_to_loc_tokens, parse_loc_tokens
 from pgemma.world import (HELDOUT_START, PALETTE, TASKS, Shape, WorldConfig, box_iou, caption, example, render,
                           sample_scene, scene_tasks, split_of, split_seeds, text_corpus)
 

@@ -58,7 +58,7 @@ def run_generate(args: argparse.Namespace) -> None:
     from pgemma.fast import prepare_for_speed
     from pgemma.generate import Sampling, generate
     from pgemma.processor import load_processor
-    from pgemma.train import shipped_model_folder
+    from pgemma.shipped import shipped_model_folder
 
     sampling = Sampling.from_options(args.temperature, args.top_k, args.top_p, args.seed)  # bad flags fail first
     folder = args.model
@@ -92,12 +92,12 @@ def draw_scene(folder: Path) -> Path:
     """Draw a random held-out scene of the shipped model's world into `folder`; returns its path."""
     import random
 
-    from pgemma.train import Recipe
+    from pgemma.shipped import SHIPPED_WORLD
     from pgemma.world import example, split_seeds
 
     seed = next(split_seeds("heldout", start=random.randrange(1_000_000)))  # never seen in training
     path = folder / f"scene_{seed}.png"
-    example(seed, Recipe.shipped().world).image.save(path)
+    example(seed, SHIPPED_WORLD).image.save(path)
     print(f"pgemma: no --image given: drew scene {seed} of the shapes world, saved to {path}", file=sys.stderr)
     return path
 

@@ -24,10 +24,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from pgemma.config import PaliGemmaConfig
+from pgemma.config import CONFIG_NAME, load_config
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 
-CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -56,21 +55,6 @@ def pgemma_key(key: str) -> str | None:
         if key.startswith(old):
             return new + key[len(old):]
     return None
-
-
-def load_config(path: str | Path) -> PaliGemmaConfig:
-    """Read ``config.json`` from a checkpoint directory."""
-    config_path = Path(path) / CONFIG_NAME
-    if not config_path.is_file():
-        raise ValueError(f"{config_path}: not found; a checkpoint directory needs a config.json")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{config_path}: not valid JSON ({error})") from error
-    try:
-        return PaliGemmaConfig.from_hf_dict(config)
-    except (ValueError, TypeError) as error:
-        raise type(error)(f"{config_path}: {error}") from error
 
 
 def load_model(

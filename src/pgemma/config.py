@@ -4,6 +4,9 @@ Book chapter: "Assembling PaliGemma" (the parts and their sizes, reading and wri
 ``config.json``).
 
 Field names are the Hugging Face ``config.json`` keys, so a reader can hold the two side by side.
+``load_config`` is the one reader of a checkpoint folder's ``config.json``: the model
+(``checkpoint.load_model``) and the processor (``processor.load_processor``) are both built from
+what it returns, so they cannot read the file differently.
 
 Not supported (refused with a ValueError when read from ``config.json``): PaliGemma 2 (a Gemma 2
 decoder), a SigLIP pooling head, biases in the decoder's attention, RoPE scaling, and activations
@@ -12,8 +15,16 @@ other than the tanh approximation of GELU.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
+
+CONFIG_NAME = "config.json"
+# The label of a token that contributes no loss (torch's cross_entropy ignore_index). It lives
+# here, the bottom of the package, because the processor writes it and the model's loss skips
+# it, and neither may import the other; the hub's config.json carries it too ("ignore_index").
+IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
@@ -155,7 +166,15 @@ class PaliGemmaConfig:
             elif key.endswith("_token_id") and text_json.get(key) is not None:
                 values[key] = text_json[key]
         _check_types(values, {f.name: f.type for f in fields(cls) if f.name in values}, "config")
-        return cls(vision_config=vision, text_config=text, **values)
+        result = cls(vision_config=vision, text_config=text, **values)
+        # transformers overwrites a stated num_image_tokens with its own count; a file whose count
+        # disagrees with its image and patch sizes is wrong somewhere, so we refuse it.
+        for part in ("vision_config", "text_config"):
+            stated = (config.get(part) or {}).get("num_image_tokens")
+            if stated is not None and stated != result.num_image_tokens:
+                raise ValueError(f"{part}.num_image_tokens {stated} != (image_size {vision.image_size} // "
+                                 f"patch_size {vision.patch_size}) ** 2 = {result.num_image_tokens}")
+        return result
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The ``config.json`` transformers reads (tested against transformers 5.23)."""
@@ -191,6 +210,24 @@ class PaliGemmaConfig:
                 "bos_token_id": self.bos_token_id,
             },
         }
+
+
+def load_config(folder: str | Path) -> PaliGemmaConfig:
+    """Read and check the ``config.json`` of a checkpoint folder.
+
+    Errors name the file: a missing file, invalid JSON, or a value ``from_hf_dict`` refuses.
+    """
+    config_path = Path(folder) / CONFIG_NAME
+    if not config_path.is_file():
+        raise ValueError(f"no {CONFIG_NAME} in {str(folder)!r}; is it a PaliGemma checkpoint folder?")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{config_path}: not valid JSON ({error})") from error
+    try:
+        return PaliGemmaConfig.from_hf_dict(config)
+    except (ValueError, TypeError) as error:
+        raise type(error)(f"{config_path}: {error}") from error
 
 
 # transformers' defaults (5.23), used to fill missing fields exactly as it does.

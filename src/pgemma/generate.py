@@ -286,22 +286,17 @@ class TextStreamer:
 
 
 def _check_pair(model: PaliGemmaForConditionalGeneration, processor: PaliGemmaProcessor) -> None:
-    """Refuse a processor made for another checkpoint: its prompts would be misread silently."""
-    config, tokenizer = model.config, processor.tokenizer
-    pairs = [
-        ("<image> id", tokenizer.image_id, "image_token_index", config.image_token_index),
-        ("<eos> id", tokenizer.eos_id, "eos_token_id", config.eos_token_id),
-        ("<pad> id", tokenizer.pad_id, "pad_token_id", config.pad_token_id),
-        ("image_size", processor.image_size, "vision_config.image_size", config.vision_config.image_size),
-        ("num_image_tokens", processor.num_image_tokens, "num_image_tokens", config.num_image_tokens),
-    ]
-    for ours, value, theirs, expected in pairs:
-        if value != expected:
-            raise ValueError(f"the processor's {ours} is {value} but the model's {theirs} is {expected}; "
+    """Refuse a processor made for another checkpoint: its prompts would be misread silently.
+
+    The model's config is the one source of truth: `PaliGemmaProcessor.from_config` builds the
+    processor it takes (and refuses a tokenizer whose ids are not the config's).
+    """
+    expected = PaliGemmaProcessor.from_config(model.config, processor.tokenizer)
+    for name in ("image_size", "num_image_tokens"):
+        value, needed = getattr(processor, name), getattr(expected, name)
+        if value != needed:
+            raise ValueError(f"the processor's {name} is {value} but the model's config needs {needed}; "
                              "load both from the same checkpoint folder")
-    if tokenizer.vocab_size > config.text_config.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model embeds only "
-                         f"{config.text_config.vocab_size}; load both from the same checkpoint folder")
 
 
 def generate(

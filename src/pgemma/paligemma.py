@@ -26,13 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pgemma.config import PaliGemmaConfig
+from pgemma.config import IGNORE_INDEX, PaliGemmaConfig
 from pgemma.gemma import GemmaForCausalLM
 from pgemma.kv_cache import KVCache
 from pgemma.masks import decoder_mask
 from pgemma.siglip import SiglipVisionModel
-
-IGNORE_INDEX = -100  # label value that contributes no loss, as in torch and transformers
 
 
 class MultiModalProjector(nn.Module):

@@ -21,16 +21,17 @@ suffix "yo"):
 Batches are padded on the LEFT so that every row's last token sits in the last column, which
 is where generation appends the next one.
 
-Detection answers are boxes written as four <locNNNN> tokens, `boxes_to_loc_tokens` and
-`parse_loc_tokens` convert between pixels and tokens.
+Detection answers are boxes written as four <locNNNN> tokens: `pgemma.loc_tokens` converts
+between pixels and tokens.
+
+A checkpoint folder's processor (`load_processor`) is built from the model's validated config
+(`PaliGemmaProcessor.from_config`), the same one the model is built from.
 
 Not supported: several images per prompt; images of other sizes than the checkpoint's.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +41,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from pgemma.tokenizer import BOS, IMAGE, NUM_LOC_TOKENS, SPECIAL_TOKENS, PaliGemmaTokenizer
+from pgemma.config import CONFIG_NAME, IGNORE_INDEX, PaliGemmaConfig, load_config
+from pgemma.tokenizer import BOS, EOS, IMAGE, PAD, SPECIAL_TOKENS, PaliGemmaTokenizer
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
@@ -50,9 +52,6 @@ RESCALE_FACTOR = 1 / 255
 # Checked from the file header before any pixel is decoded, so a small file that claims to be
 # a huge image (a "decompression bomb") is refused without filling memory. 8192 x 8192.
 MAX_IMAGE_PIXELS = 8192 * 8192
-IGNORE_INDEX = -100  # the label of tokens without loss (torch's cross_entropy ignore_index)
-
-_LOC_BOX = re.compile(r"<loc(\d{4})><loc(\d{4})><loc(\d{4})><loc(\d{4})>((?:<seg\d{3}>)*)\s*([^;<]*)")
 
 
 class ProcessorBatch(NamedTuple):
@@ -98,6 +97,29 @@ class PaliGemmaProcessor:
         self.num_image_tokens = num_image_tokens
         self.max_length = max_length
         self.max_image_pixels = max_image_pixels
+
+    @classmethod
+    def from_config(cls, config: PaliGemmaConfig, tokenizer: PaliGemmaTokenizer) -> PaliGemmaProcessor:
+        """The processor a model of `config` takes: its image size, image tokens and context.
+
+        Refuses a tokenizer whose <image>, <eos> or <pad> id is not the config's, or that has more
+        ids than the model embeds: its prompts would be misread silently.
+        """
+        processor = cls(tokenizer, config.vision_config.image_size, config.num_image_tokens,
+                        max_length=config.text_config.max_position_embeddings)
+        for name, expected, token, found in [
+            ("image_token_index", config.image_token_index, IMAGE, tokenizer.image_id),
+            ("eos_token_id", config.eos_token_id, EOS, tokenizer.eos_id),
+            ("pad_token_id", config.pad_token_id, PAD, tokenizer.pad_id),
+        ]:
+            if found != expected:
+                raise ValueError(f"{name} is {expected} but the tokenizer's {token} is {found}; "
+                                 "the tokenizer does not belong to this model")
+        if tokenizer.vocab_size > config.text_config.vocab_size:
+            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model embeds only "
+                             f"text_config.vocab_size={config.text_config.vocab_size}; the tokenizer does not "
+                             "belong to this model")
+        return processor
 
     # ---- Images ------------------------------------------------------------------------------
 
@@ -254,93 +276,18 @@ def _check_text(name: str, text: str) -> None:
         raise ValueError(f"{name} {text[:40]!r} contains {found[0]}; the processor places special tokens itself")
 
 
-# ---- Detection boxes ---------------------------------------------------------------------------
-
-
-def _height_width(image_size: int | tuple[int, int]) -> tuple[int, int]:
-    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image_size must be positive, got {image_size}")
-    return height, width
-
-
-def boxes_to_loc_tokens(box_yxyx: Sequence[float], image_size: int | tuple[int, int]) -> str:
-    """A pixel box (y_min, x_min, y_max, x_max) as PaliGemma's four <locNNNN> tokens.
-
-    Each coordinate is divided by the image side (height for y, width for x) and cut into 1024
-    equal bins: bin k holds [k / 1024, (k + 1) / 1024) of the side; the far edge goes to 1023.
-
-    Args:
-        box_yxyx: (y_min, x_min, y_max, x_max) in pixels of the image the box was drawn on.
-        image_size: that image's side, or (height, width).
-    Note: big_vision's segmentation evaluator reads tokens back as k / 1023 rather than
-    Google's parser's k / 1024; the two differ by less than one bin.
-    """
-    height, width = _height_width(image_size)
-    if len(box_yxyx) != 4:
-        raise ValueError(f"a box is (y_min, x_min, y_max, x_max), got {len(box_yxyx)} numbers")
-    y_min, x_min, y_max, x_max = box_yxyx
-    if not (0 <= y_min <= y_max <= height and 0 <= x_min <= x_max <= width):
-        raise ValueError(f"box {tuple(box_yxyx)} is not a (y_min, x_min, y_max, x_max) box inside "
-                         f"a {height}x{width} image")
-    sides = (height, width, height, width)
-    bins = [min(NUM_LOC_TOKENS - 1, int(v / side * NUM_LOC_TOKENS)) for v, side in zip(box_yxyx, sides)]
-    return "".join(f"<loc{b:04d}>" for b in bins)
-
-
-def parse_loc_tokens(
-    text: str, image_size: int | tuple[int, int] | None = None
-) -> list[tuple[tuple[float, float, float, float], str]]:
-    """Read a detection answer "<loc..>x4 label ; <loc..>x4 label" back into boxes and labels.
-
-    Args:
-        text: decoded model output; text that is not a box is skipped (as Google's parser does).
-        image_size: side or (height, width) to scale to pixels; None gives fractions of the side.
-    Returns:
-        [((y_min, x_min, y_max, x_max), label), ...]; the box is bin k -> k / 1024 of the side.
-    """
-    height, width = (1, 1) if image_size is None else _height_width(image_size)
-    sides = (height, width, height, width)
-    return [
-        (tuple(int(k) / NUM_LOC_TOKENS * side for k, side in zip(match.groups()[:4], sides)),
-         match.group(6).strip())
-        for match in _LOC_BOX.finditer(text)
-    ]
-
-
 # ---- Loading ----------------------------------------------------------------------------------
 
 
 def load_processor(path: str | Path) -> PaliGemmaProcessor:
     """Build the processor of a checkpoint folder: config.json plus tokenizer.json or tokenizer.model.
 
-    Reads from config.json only `vision_config.image_size` and `patch_size` (SigLIP defaults
-    224 and 14 when absent, as in the hub's PaliGemma-224 files), `text_config.num_image_tokens`,
-    `text_config.max_position_embeddings` and `image_token_index`.
+    config.json is read by `pgemma.config.load_config`, as for the model.
     """
     folder = Path(path)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ValueError(f"no config.json in {str(folder)!r}; is it a PaliGemma checkpoint folder?")
-    try:
-        config = json.loads(config_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{config_path} is not valid JSON: {error}") from None
-    vision, text = config.get("vision_config", {}), config.get("text_config", {})
-    image_size, patch_size = vision.get("image_size", 224), vision.get("patch_size", 14)
-    num_image_tokens = text.get("num_image_tokens", (image_size // patch_size) ** 2)
-    if num_image_tokens != (image_size // patch_size) ** 2:
-        raise ValueError(
-            f"{config_path}: num_image_tokens {num_image_tokens} != (image_size {image_size} // "
-            f"patch_size {patch_size}) ** 2"
-        )
+    config = load_config(folder)
     tokenizer = PaliGemmaTokenizer.from_pretrained(folder)
-    image_token_index = config.get("image_token_index", tokenizer.image_id)
-    if image_token_index != tokenizer.image_id:
-        raise ValueError(
-            f"{config_path}: image_token_index is {image_token_index} but the tokenizer's <image> "
-            f"is {tokenizer.image_id}; the tokenizer does not belong to this model"
-        )
-    return PaliGemmaProcessor(
-        tokenizer, image_size, num_image_tokens, max_length=text.get("max_position_embeddings")
-    )
+    try:
+        return PaliGemmaProcessor.from_config(config, tokenizer)
+    except ValueError as error:
+        raise ValueError(f"{folder / CONFIG_NAME}: {error}") from None

@@ -28,10 +28,11 @@ from pathlib import Path
 import sentencepiece as spm
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from pgemma.loc_tokens import NUM_LOC_TOKENS
+
 PAD, EOS, BOS, UNK, IMAGE = "<pad>", "<eos>", "<bos>", "<unk>", "<image>"
 # Order matters: train_tokenizer gives them ids 0, 1, 2, 3, 4 as in Gemma (pad 0, eos 1, bos 2).
 SPECIAL_TOKENS = (PAD, EOS, BOS, UNK, IMAGE)
-NUM_LOC_TOKENS = 1024
 NUM_SEG_TOKENS = 128
 LOC_TOKENS = tuple(f"<loc{i:04d}>" for i in range(NUM_LOC_TOKENS))
 SEG_TOKENS = tuple(f"<seg{i:03d}>" for i in range(NUM_SEG_TOKENS))

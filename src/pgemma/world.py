@@ -31,7 +31,7 @@ from typing import Iterator, NamedTuple
 
 from PIL import Image, ImageDraw
 
-from pgemma.processor import boxes_to_loc_tokens
+from pgemma.loc_tokens import boxes_to_loc_tokens
 
 HELDOUT_START = 1_000_000_000  # seeds >= this are the held-out split
 TASKS = ("caption", "colour", "count", "detect")

@@ -14,8 +14,10 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from pgemma.paligemma import IGNORE_INDEX, PaliGemmaForConditionalGeneration
-from pgemma.processor import PaliGemmaProcessor, parse_loc_tokens
+from pgemma.config import IGNORE_INDEX
+from pgemma.loc_tokens import parse_loc_tokens
+from pgemma.paligemma import PaliGemmaForConditionalGeneration
+from pgemma.processor import PaliGemmaProcessor
 from pgemma.viz.processor import plot_boxes
 from pgemma.world import WorldConfig, box_iou, example, split_seeds
 

@@ -14,7 +14,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from pgemma.processor import IGNORE_INDEX, PaliGemmaProcessor, ProcessorBatch, parse_loc_tokens
+from pgemma.config import IGNORE_INDEX
+from pgemma.loc_tokens import parse_loc_tokens
+from pgemma.processor import PaliGemmaProcessor, ProcessorBatch
 from pgemma.tokenizer import PaliGemmaTokenizer
 from pgemma.world import WorldConfig, example
 
@@ -156,9 +158,9 @@ def _draw_token_strip(ax: Axes, batch: ProcessorBatch, tokenizer: PaliGemmaToken
             for depth, name in enumerate(names, start=1):
                 value = int(getattr(batch, name)[row, start])
                 shown = str(value)
-                if name == "labels":
-                    shown = "-100" if value == IGNORE_INDEX else _token_text(value, tokenizer)
-                faint = shown in ("0", "-100")
+                if name == "labels" and value != IGNORE_INDEX:
+                    shown = _token_text(value, tokenizer)
+                faint = shown in ("0", str(IGNORE_INDEX))
                 ax.text(centre, top - depth + 0.47, shown, ha="center", va="center", fontsize=7.5,
                         family="monospace", color="#999999" if faint else "black")
             x += wide

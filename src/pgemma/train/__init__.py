@@ -1,0 +1,17 @@
+"""Training a small PaliGemma on the synthetic world (chapter "Assembling PaliGemma").
+
+Run it: ``python -m pgemma.train --out runs/shapes`` (again, the same command, to resume).
+
+One module per job, in the order a run uses them:
+
+    recipe      the settings (`Recipe`; how they were found), building the tokenizer and the model
+    data        the examples of each training step, their batches, stage 0's per-patch labels
+    loop        the loop both stages share: learning rate, AdamW, checkpoints that survive a kill
+    stage0      stage 0: the vision tower alone, sigmoid loss plus per-patch labels
+    stage1      stage 1: the whole model, next-token loss on the answers (prefix-LM)
+    evaluation  exact match per task and detection IoU on held-out scenes
+    __main__    the whole recipe (`run`), the exported checkpoint folder, the command line
+
+Finding and loading the model trained this way that ships with pgemma is `pgemma.shipped`'s job,
+which needs none of these modules.
+"""
