@@ -38,13 +38,14 @@ from pathlib import Path
 
 import torch
 
-from pgemma.checkpoint import load_config, load_model
-from pgemma.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
+from pgemma.checkpoint import load_model
+from pgemma.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig, load_config
 from pgemma.fast import prepare_for_speed
 from pgemma.generate import generate_tokens
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from pgemma.processor import ProcessorBatch
 from pgemma.profiling import random_batch, time_decoding
+from pgemma.shipped import shipped_model_folder
 
 TEXT_LENGTH = 12  # <bos> + 11 random prompt ids after the image tokens
 # The clock of generation timings: wall-clock time by default; --clock cpu takes process CPU time,
@@ -65,8 +66,6 @@ PGEMMA_SETTINGS = ("pgemma.fast.prepare_for_speed(compile_decoder=True): use_sdp
 
 def small_config(max_position_embeddings: int | None = None) -> PaliGemmaConfig:
     """The shipped model's config, optionally with a longer context (its own is 512 tokens)."""
-    from pgemma.shipped import shipped_model_folder  # here, not at the top: see `child`
-
     config = load_config(shipped_model_folder())
     if max_position_embeddings is None:
         return config
@@ -250,8 +249,7 @@ def child(library: str, path: str, batch_size: int, new_tokens: int, threads: in
     pgemma's load is ``load_model``; ``prepare_for_speed`` follows it, so the copy fusing makes
     of the q/k/v and gate/up weights counts in the generation's peak.
 
-    The interpreter imports only what a user of the library would (this script's top-level imports):
-    importing ``pgemma.train`` first adds about 0.1 s to the first model built in a process.
+    The interpreter imports only what a user of the library would (this script's top-level imports).
     """
     torch.set_num_threads(threads)
     if library == "transformers":
@@ -406,8 +404,6 @@ def main() -> None:
           f"read only (sum): {read_bandwidth() / 1e9:.2f} GB/s")
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    from pgemma.shipped import shipped_model_folder
-
     checkpoints = {"small": shipped_model_folder(),
                    "300M": random_checkpoint(args.workdir, "paligemma-300m-random", config_300m())}
     for name, path in checkpoints.items():
