@@ -1,18 +1,27 @@
-"""Shared fixtures: tiny configs, random reference checkpoints built offline, and input batches."""
+"""Shared fixtures: tiny configs, random models and input batches, small trained tokenizers, and checkpoints
+built offline.
+
+A test that takes ``config_name`` (or ``config``, the config it names) runs once per entry of CONFIGS, with the
+name as its id (``test_x[multi_query]``); a test about one particular config takes ``configs`` and picks it.
+"""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import sentencepiece as spm
 import torch
 
 from pgemma.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
 from pgemma.gemma import GemmaForCausalLM
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
+from pgemma.tokenizer import BOS, EOS, IMAGE, LOC_TOKENS, PAD, UNK, PaliGemmaTokenizer, train_tokenizer
 from tools.book import ROOT
 
 # Multi-query (the real model's structure), grouped-query and multi-head attention, with different
@@ -35,6 +44,33 @@ CONFIGS = {
                                 max_position_embeddings=96),
         projection_dim=96, image_token_index=100),
 }
+
+# The text the small tokenizers are trained on: prompts, answers, <loc> tokens and plain sentences.
+CORPUS = [
+    "caption en a red cat sitting on a wooden bench",
+    "answer en what color is the cat?\nred",
+    "detect cat ; dog\n<loc0010><loc0020><loc0500><loc0600> cat ; <loc0001><loc0002><loc0003><loc0004> dog",
+    "the quick brown fox jumps over the lazy dog",
+    "two small dogs play with a blue ball in the park",
+] * 10
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that takes ``config_name`` (directly or through ``config``) once per entry of CONFIGS."""
+    if "config_name" in metafunc.fixturenames:
+        metafunc.parametrize("config_name", sorted(CONFIGS))
+
+
+@pytest.fixture(scope="session")
+def configs() -> dict[str, PaliGemmaConfig]:
+    """CONFIGS: name -> tiny PaliGemmaConfig, for a test about one particular config."""
+    return CONFIGS
+
+
+@pytest.fixture
+def config(config_name: str) -> PaliGemmaConfig:
+    """The config the test's ``config_name`` parameter names."""
+    return CONFIGS[config_name]
 
 
 @pytest.fixture(scope="session")
@@ -69,43 +105,130 @@ def reference_model(reference_checkpoint: Callable[[str], Path]) -> Callable[[st
     return get
 
 
-def make_inputs(
-    config: PaliGemmaConfig, seed: int = 0, padding: tuple[int, ...] = (0, 3), prefix: int = 5, suffix: int = 3
-) -> dict[str, torch.Tensor]:
-    """A left-padded batch as the processor makes it: <image> * P + BOS + prefix, then a suffix.
+@pytest.fixture(scope="session")
+def make_inputs() -> Callable[..., dict[str, torch.Tensor]]:
+    """(config, seed=0, padding=(0, 3), prefix=5, suffix=3) -> a batch of inputs, see below."""
 
-    Row b has ``padding[b]`` pad tokens on the left (and a shorter prefix). Returns input_ids,
-    pixel_values, attention_mask, token_type_ids (0 = image + prefix, 1 = suffix) and labels
-    (-100 except on the suffix).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    vocab, image_token = config.text_config.vocab_size, config.image_token_index
-    rows, masks, types = [], [], []
-    for pad in padding:
-        text = torch.randint(3, vocab, (prefix - pad + suffix,), generator=generator)
-        text[text == image_token] = 3  # text never contains the image token
-        row = torch.cat([torch.zeros(pad, dtype=torch.long), torch.full((config.num_image_tokens,), image_token),
-                         torch.tensor([config.bos_token_id]), text])
-        rows.append(row)
-        masks.append((torch.arange(len(row)) >= pad).long())
-        types.append((torch.arange(len(row)) >= len(row) - suffix).long())
-    input_ids, token_type_ids = torch.stack(rows), torch.stack(types)
-    vision = config.vision_config
-    pixel_values = torch.rand(len(padding), vision.num_channels, vision.image_size, vision.image_size,
-                              generator=generator) * 2 - 1
-    labels = input_ids.masked_fill(token_type_ids == 0, -100)
-    return {"input_ids": input_ids, "pixel_values": pixel_values, "attention_mask": torch.stack(masks),
-            "token_type_ids": token_type_ids, "labels": labels}
+    def make(config: PaliGemmaConfig, seed: int = 0, padding: tuple[int, ...] = (0, 3), prefix: int = 5,
+             suffix: int = 3) -> dict[str, torch.Tensor]:
+        """A left-padded batch as the processor makes it: <image> * P + BOS + prefix, then a suffix.
+
+        Row b has ``padding[b]`` pad tokens on the left (and a shorter prefix). Returns input_ids,
+        pixel_values, attention_mask, token_type_ids (0 = image + prefix, 1 = suffix) and labels
+        (-100 except on the suffix).
+        """
+        generator = torch.Generator().manual_seed(seed)
+        vocab, image_token = config.text_config.vocab_size, config.image_token_index
+        rows, masks, types = [], [], []
+        for pad in padding:
+            text = torch.randint(3, vocab, (prefix - pad + suffix,), generator=generator)
+            text[text == image_token] = 3  # text never contains the image token
+            row = torch.cat([torch.zeros(pad, dtype=torch.long), torch.full((config.num_image_tokens,), image_token),
+                             torch.tensor([config.bos_token_id]), text])
+            rows.append(row)
+            masks.append((torch.arange(len(row)) >= pad).long())
+            types.append((torch.arange(len(row)) >= len(row) - suffix).long())
+        input_ids, token_type_ids = torch.stack(rows), torch.stack(types)
+        vision = config.vision_config
+        pixel_values = torch.rand(len(padding), vision.num_channels, vision.image_size, vision.image_size,
+                                  generator=generator) * 2 - 1
+        labels = input_ids.masked_fill(token_type_ids == 0, -100)
+        return {"input_ids": input_ids, "pixel_values": pixel_values, "attention_mask": torch.stack(masks),
+                "token_type_ids": token_type_ids, "labels": labels}
+
+    return make
 
 
-def random_model(config: PaliGemmaConfig, seed: int = 0, use_sdpa: bool = False) -> PaliGemmaForConditionalGeneration:
-    """A pgemma model with every parameter random (norm weights too), no reference needed."""
-    torch.manual_seed(seed)
-    model = PaliGemmaForConditionalGeneration(config, use_sdpa)
+def _randomized(model: torch.nn.Module) -> torch.nn.Module:
+    """Draw every parameter (norm weights too) from N(0, 0.1), large enough to make every layer matter."""
     with torch.no_grad():
         for param in model.parameters():
             param.normal_(0.0, 0.1)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def random_model() -> Callable[..., PaliGemmaForConditionalGeneration]:
+    """(config, seed=0, use_sdpa=False) -> a pgemma model with every parameter random, no reference needed."""
+
+    def make(config: PaliGemmaConfig, seed: int = 0, use_sdpa: bool = False) -> PaliGemmaForConditionalGeneration:
+        torch.manual_seed(seed)
+        return _randomized(PaliGemmaForConditionalGeneration(config, use_sdpa))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def random_decoder() -> Callable[..., GemmaForCausalLM]:
+    """(config: GemmaConfig, seed=0) -> a Gemma decoder with every parameter random."""
+
+    def make(config: GemmaConfig, seed: int = 0) -> GemmaForCausalLM:
+        torch.manual_seed(seed)
+        return _randomized(GemmaForCausalLM(config))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[str]:
+    """CORPUS: the text the small tokenizers are trained on."""
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def make_tokenizer() -> Callable[..., PaliGemmaTokenizer]:
+    """(vocab_size=1400, seg_tokens=False) -> a small tokenizer trained on CORPUS (tokenizers backend)."""
+
+    def make(vocab_size: int = 1400, seg_tokens: bool = False) -> PaliGemmaTokenizer:
+        return train_tokenizer(CORPUS, vocab_size=vocab_size, seg_tokens=seg_tokens)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_sentencepiece_tokenizer() -> Callable[[], PaliGemmaTokenizer]:
+    """() -> a tiny SentencePiece model trained on CORPUS, laid out like Gemma's: control ids 0-3, no dummy
+    prefix, no whitespace normalization, unseen characters spelled as bytes."""
+
+    def make() -> PaliGemmaTokenizer:
+        model = io.BytesIO()
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(CORPUS),
+            model_writer=model,
+            model_type="bpe",
+            vocab_size=1400,
+            hard_vocab_limit=False,
+            pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+            pad_piece=PAD, eos_piece=EOS, bos_piece=BOS, unk_piece=UNK,
+            user_defined_symbols=[IMAGE, *LOC_TOKENS],
+            add_dummy_prefix=False,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            byte_fallback=True,
+            minloglevel=2,
+        )
+        return PaliGemmaTokenizer(spm.SentencePieceProcessor(model_proto=model.getvalue()))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, make_tokenizer: Callable[..., PaliGemmaTokenizer]) -> Path:
+    """A full checkpoint folder, built once: a tiny random PaliGemma written by transformers, plus a trained
+    tokenizer."""
+    pytest.importorskip("transformers")
+    from pgemma.reference import build_reference_checkpoint
+
+    folder = tmp_path_factory.mktemp("tiny_paligemma")
+    tokenizer = make_tokenizer()
+    config = replace(
+        PaliGemmaConfig.tiny(),
+        text_config=replace(GemmaConfig.tiny(), vocab_size=tokenizer.vocab_size),
+        image_token_index=tokenizer.image_id,
+    )
+    build_reference_checkpoint(folder, config, seed=0)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -116,13 +239,3 @@ def built_book() -> Path:
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, f"jupyter-book build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return ROOT / "_build" / "html"
-
-
-def random_decoder(config: GemmaConfig, seed: int = 0) -> GemmaForCausalLM:
-    """A Gemma decoder with weights drawn from N(0, 0.1), large enough to make every layer matter."""
-    torch.manual_seed(seed)
-    model = GemmaForCausalLM(config)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0.0, 0.1)
-    return model.eval()

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONFIGS, make_inputs
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -59,8 +58,8 @@ def source(reference_checkpoint) -> Path:
 
 
 @pytest.fixture(scope="module")
-def inputs() -> dict[str, torch.Tensor]:
-    batch = make_inputs(CONFIGS[NAME], seed=11)
+def inputs(configs, make_inputs) -> dict[str, torch.Tensor]:
+    batch = make_inputs(configs[NAME], seed=11)
     del batch["labels"]
     return batch
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_generate import build_checkpoint
 
 from pgemma import shipped
 from pgemma.__main__ import main
@@ -19,12 +18,6 @@ from pgemma.processor import load_processor
 from pgemma.world import split_of
 
 SHIPPED_MISSING = not shipped.shipped_model_folder().is_dir()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    pytest.importorskip("transformers")
-    return build_checkpoint(tmp_path_factory.mktemp("cli_checkpoint"))
 
 
 @pytest.fixture(scope="module")

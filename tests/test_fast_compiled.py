@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from conftest import CONFIGS, make_inputs, random_model
 
 from pgemma.fast import compiled
 from pgemma.fast import linear as fast_linear
@@ -22,12 +21,12 @@ def fresh_compiler():
 
 
 @pytest.mark.slow
-def test_compiled_model_generates_the_eager_models_tokens(monkeypatch):
+def test_compiled_model_generates_the_eager_models_tokens(monkeypatch, configs, random_model, make_inputs):
     # Every fast path at once on a tiny model: stacked projections, oneDNN and gemv for every layer.
     monkeypatch.setattr(fast_linear, "SWAP_MIN_WEIGHTS", 0)
     monkeypatch.setattr(fast_linear, "GEMV_MIN_WEIGHTS", 0)  # one row: gemv's loop, inside the graph
     monkeypatch.setattr(fast_linear, "ONEDNN_MIN_MULTIPLY_ADDS", 0)  # more rows: oneDNN's custom operator
-    config = CONFIGS["grouped_query"]
+    config = configs["grouped_query"]
     eager = random_model(config, seed=1)
     model = use_fast_linear(fuse_projections(random_model(config, seed=1)))
     parameters = {name: id(p) for name, p in model.named_parameters()}
@@ -44,8 +43,8 @@ def test_compiled_model_generates_the_eager_models_tokens(monkeypatch):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # compiled: the prefill, the decode step
 
 
-def test_without_a_cpp_compiler_the_error_says_so(monkeypatch):
+def test_without_a_cpp_compiler_the_error_says_so(monkeypatch, configs, random_model):
     monkeypatch.setattr(compiled.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match=r"needs a C\+\+ compiler for torch.compile \(none of \$CXX, g\+\+, "
                                            r"clang\+\+ was found\)"):
-        compile_decoder(random_model(CONFIGS["multi_query"]))
+        compile_decoder(random_model(configs["multi_query"]))

@@ -4,7 +4,6 @@ Parameters, training unaffected."""
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, make_inputs, random_model
 from torch import nn
 
 from pgemma.config import GemmaConfig
@@ -30,9 +29,7 @@ def greedy(model, inputs: dict, new_tokens: int = 6, padded: bool = True) -> tor
     return torch.stack(list(generate_tokens(model, batch, max_new_tokens=new_tokens)), dim=1)
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_fused_model_computes_the_same_logits_and_tokens(name, monkeypatch):
-    config = CONFIGS[name]
+def test_fused_model_computes_the_same_logits_and_tokens(config, monkeypatch, random_model, make_inputs):
     plain, fused = random_model(config, seed=1), fuse_projections(random_model(config, seed=1))
     calls = count_fused_calls(monkeypatch)
     inputs = make_inputs(config)
@@ -46,8 +43,8 @@ def test_fused_model_computes_the_same_logits_and_tokens(name, monkeypatch):
         assert torch.equal(greedy(fused, inputs, padded=padded), greedy(plain, inputs, padded=padded))
 
 
-def test_weights_become_views_no_parameter_or_key_changes():
-    config = CONFIGS["grouped_query"]
+def test_weights_become_views_no_parameter_or_key_changes(configs, random_model):
+    config = configs["grouped_query"]
     model = random_model(config)
     parameters, state = dict(model.named_parameters()), model.state_dict()
     before = {key: value.clone() for key, value in state.items()}
@@ -66,8 +63,9 @@ def test_weights_become_views_no_parameter_or_key_changes():
     assert len(fused_projections(model)) == 2 * config.text_config.num_hidden_layers
 
 
-def test_training_uses_the_separate_layers_and_updates_the_fused_matrix(monkeypatch):
-    config = CONFIGS["multi_head"]
+def test_training_uses_the_separate_layers_and_updates_the_fused_matrix(monkeypatch, configs, random_model,
+                                                                        make_inputs):
+    config = configs["multi_head"]
     plain, fused = random_model(config, seed=2), fuse_projections(random_model(config, seed=2))
     calls = count_fused_calls(monkeypatch)
     inputs = make_inputs(config)
@@ -83,8 +81,8 @@ def test_training_uses_the_separate_layers_and_updates_the_fused_matrix(monkeypa
     assert calls
 
 
-def test_moved_or_cast_weights_fall_back_to_the_separate_layers(monkeypatch):
-    config = CONFIGS["multi_query"]
+def test_moved_or_cast_weights_fall_back_to_the_separate_layers(monkeypatch, configs, random_model, make_inputs):
+    config = configs["multi_query"]
     model = fuse_projections(random_model(config, seed=3)).double()  # the views are replaced by copies
     calls = count_fused_calls(monkeypatch)
     inputs = make_inputs(config)
@@ -98,8 +96,8 @@ def test_moved_or_cast_weights_fall_back_to_the_separate_layers(monkeypatch):
     assert calls
 
 
-def test_only_small_groups_are_fused():
-    config = CONFIGS["grouped_query"]
+def test_only_small_groups_are_fused(configs, random_model):
+    config = configs["grouped_query"]
     model = random_model(config)
     mlp = model.language_model.model.layers[0].mlp
     gate_up = mlp.gate_proj.weight.numel() + mlp.up_proj.weight.numel()
@@ -123,16 +121,16 @@ def test_layers_that_cannot_be_fused_are_refused():
 
 
 @pytest.mark.skipif(not fast_linear.onednn_available(), reason="this PyTorch build has no oneDNN")
-def test_use_fast_linear_sends_large_fused_products_to_linear(monkeypatch):
+def test_use_fast_linear_sends_large_fused_products_to_linear(monkeypatch, configs, random_model):
     monkeypatch.setattr(fast_linear, "SWAP_MIN_WEIGHTS", 0)
-    model = fast_linear.use_fast_linear(fuse_projections(random_model(CONFIGS["grouped_query"])))
+    model = fast_linear.use_fast_linear(fuse_projections(random_model(configs["grouped_query"])))
     assert all(fused.linear is fast_linear.linear for fused in fused_projections(model))
-    plain = fuse_projections(random_model(CONFIGS["grouped_query"]))
+    plain = fuse_projections(random_model(configs["grouped_query"]))
     assert all(fused.linear is F.linear for fused in fused_projections(plain))
 
 
-def test_loading_weights_into_a_fused_model_reaches_the_fused_matrix(monkeypatch):
-    config = CONFIGS["grouped_query"]
+def test_loading_weights_into_a_fused_model_reaches_the_fused_matrix(monkeypatch, configs, random_model, make_inputs):
+    config = configs["grouped_query"]
     fused, other = fuse_projections(random_model(config, seed=5)), random_model(config, seed=6)
     calls = count_fused_calls(monkeypatch)
     inputs = make_inputs(config)
@@ -148,8 +146,8 @@ def test_loading_weights_into_a_fused_model_reaches_the_fused_matrix(monkeypatch
     assert not calls
 
 
-def test_the_fused_modules_are_the_reference_modules_with_one_step_overridden():
-    config = CONFIGS["grouped_query"]
+def test_the_fused_modules_are_the_reference_modules_with_one_step_overridden(configs, random_model):
+    config = configs["grouped_query"]
     model = random_model(config)
     layer = model.language_model.model.layers[0]
     attention, mlp = layer.self_attn, layer.mlp
@@ -171,8 +169,8 @@ def test_the_fused_modules_are_the_reference_modules_with_one_step_overridden():
             torch.testing.assert_close(ours, reference, rtol=1e-6, atol=1e-6)
 
 
-def test_an_optimizer_made_before_fusing_still_trains_the_model(monkeypatch):
-    config = CONFIGS["multi_head"]
+def test_an_optimizer_made_before_fusing_still_trains_the_model(monkeypatch, configs, random_model, make_inputs):
+    config = configs["multi_head"]
     plain, fused = random_model(config, seed=4), random_model(config, seed=4)
     optimizers = [torch.optim.SGD(model.parameters(), lr=0.1) for model in (plain, fused)]
     fuse_projections(fused)

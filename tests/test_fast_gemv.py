@@ -5,7 +5,6 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, make_inputs, random_model
 
 from pgemma.fast import gemv
 from pgemma.fast import linear as fast_linear
@@ -101,12 +100,12 @@ def test_linear_uses_gemv_for_one_row_of_a_large_matrix_and_falls_back_when_it_c
 
 @needs_compiler
 @pytest.mark.slow
-def test_decoding_with_gemv_gives_the_plain_models_tokens(monkeypatch):
+def test_decoding_with_gemv_gives_the_plain_models_tokens(monkeypatch, configs, random_model, make_inputs):
     monkeypatch.setattr(fast_linear, "SWAP_MIN_WEIGHTS", 0)  # tiny model: swap every layer
     monkeypatch.setattr(fast_linear, "GEMV_MIN_WEIGHTS", 0)  # and send every one-row product to gemv
     shapes = set()
     monkeypatch.setattr(fast_linear, "gemv", lambda x, weight: shapes.add(weight.shape) or gemv.gemv(x, weight))
-    config = CONFIGS["grouped_query"]
+    config = configs["grouped_query"]
     plain, fast = random_model(config, seed=1), use_fast_linear(random_model(config, seed=1))
     inputs = make_inputs(config)
     batch = ProcessorBatch(inputs["input_ids"][:1], inputs["attention_mask"][:1],

@@ -4,7 +4,6 @@ same parameters, opt-in."""
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONFIGS, make_inputs, random_model
 from torch import nn
 
 from pgemma.config import GemmaConfig
@@ -38,9 +37,9 @@ def test_the_choice_depends_on_size_dtype_and_gradients():
         assert use_onednn_for(torch.zeros(1, 1024, requires_grad=True), weight)
 
 
-def test_swap_keeps_parameters_names_and_the_tied_head(monkeypatch):
+def test_swap_keeps_parameters_names_and_the_tied_head(monkeypatch, configs, random_model):
     monkeypatch.setattr(fast_linear, "SWAP_MIN_WEIGHTS", 0)
-    model = random_model(CONFIGS["grouped_query"])
+    model = random_model(configs["grouped_query"])
     before = dict(model.named_parameters())
     linears = sum(type(m) is nn.Linear for m in model.modules())
     assert use_fast_linear(model) is model
@@ -61,13 +60,11 @@ def test_only_large_layers_are_swapped():
                        "lm_head"}  # 1024 x 256 each; the attention projections (256 x 256, 128 x 256) stay
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_swapped_model_matches_the_plain_one(name, monkeypatch):
+def test_swapped_model_matches_the_plain_one(config, monkeypatch, random_model, make_inputs):
     monkeypatch.setattr(fast_linear, "SWAP_MIN_WEIGHTS", 0)  # tiny models: swap every layer
     monkeypatch.setattr(fast_linear, "ONEDNN_MIN_MULTIPLY_ADDS", 0)  # and send every product to oneDNN
     calls = []
     monkeypatch.setattr(fast_linear, "onednn_linear", lambda *args: calls.append(1) or onednn_linear(*args))
-    config = CONFIGS[name]
     plain, swapped = random_model(config, seed=1), use_fast_linear(random_model(config, seed=1))
     inputs = make_inputs(config)
     with torch.no_grad():
@@ -92,8 +89,8 @@ def test_training_falls_back_to_f_linear(monkeypatch):
     assert torch.equal(swapped.weight.grad, linear.weight.grad) and torch.equal(swapped.bias.grad, linear.bias.grad)
 
 
-def test_without_onednn_nothing_is_swapped(monkeypatch):
+def test_without_onednn_nothing_is_swapped(monkeypatch, configs, random_model):
     monkeypatch.setattr(fast_linear, "SWAP_MIN_WEIGHTS", 0)
     monkeypatch.setattr(fast_linear, "onednn_available", lambda: False)
-    model = use_fast_linear(random_model(CONFIGS["multi_query"]))
+    model = use_fast_linear(random_model(configs["multi_query"]))
     assert not any(isinstance(m, FastLinear) for m in model.modules())

@@ -4,12 +4,11 @@ import pytest
 import torch
 
 from pgemma.config import GemmaConfig
-from conftest import random_decoder
 from pgemma.masks import decoder_mask
 
 
 
-def test_shapes_and_tied_head():
+def test_shapes_and_tied_head(random_decoder):
     config = GemmaConfig.tiny()
     model = random_decoder(config)
     assert model.lm_head.weight is model.model.embed_tokens.weight
@@ -19,7 +18,7 @@ def test_shapes_and_tied_head():
     assert len(hidden_states) == config.num_hidden_layers + 1
 
 
-def test_embeddings_are_scaled_by_sqrt_width_rounded_to_the_activation_dtype():
+def test_embeddings_are_scaled_by_sqrt_width_rounded_to_the_activation_dtype(random_decoder):
     config = GemmaConfig(vocab_size=8, hidden_size=3072, intermediate_size=4, num_hidden_layers=1,
                          num_attention_heads=1, num_key_value_heads=1, head_dim=2)
     model = random_decoder(config).to(torch.bfloat16)
@@ -31,7 +30,7 @@ def test_embeddings_are_scaled_by_sqrt_width_rounded_to_the_activation_dtype():
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2, 4], ids=["multi_query", "grouped_query", "multi_head"])
-def test_matches_transformers_gemma(kv_heads):
+def test_matches_transformers_gemma(kv_heads, random_decoder):
     transformers = pytest.importorskip("transformers")
     config = GemmaConfig(vocab_size=96, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=kv_heads, head_dim=20,
@@ -53,7 +52,7 @@ def test_matches_transformers_gemma(kv_heads):
     assert (logits - reference).abs().max() <= 1e-5
 
 
-def test_logits_to_keep_applies_the_head_to_the_last_positions_only():
+def test_logits_to_keep_applies_the_head_to_the_last_positions_only(random_decoder):
     config = GemmaConfig.tiny()
     model = random_decoder(config)
     embeds = torch.randn(2, 5, config.hidden_size)

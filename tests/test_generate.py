@@ -1,8 +1,5 @@
 """Tests for pgemma.generate: parity with transformers' generate, cache vs oracle, sampling, EOS."""
 
-from dataclasses import replace
-from pathlib import Path
-
 import math
 import re
 from dataclasses import FrozenInstanceError
@@ -10,13 +7,10 @@ from dataclasses import FrozenInstanceError
 import numpy as np
 import pytest
 import torch
-from conftest import CONFIGS, make_inputs, random_model
 from PIL import Image
-from test_tokenizer import make_tokenizer
 from torch import nn
 
 from pgemma.checkpoint import load_model
-from pgemma.config import GemmaConfig, PaliGemmaConfig
 from pgemma.generate import (
     Sampling,
     TextStreamer,
@@ -34,30 +28,9 @@ PROMPTS = ["caption en", "answer en what color is the cat? say it"]  # different
 NEW_TOKENS = 10
 
 
-def build_checkpoint(folder: Path) -> Path:
-    """A tiny random PaliGemma written by transformers, plus a trained tokenizer: a full checkpoint folder."""
-    from pgemma.reference import build_reference_checkpoint
-
-    tokenizer = make_tokenizer()
-    config = replace(
-        PaliGemmaConfig.tiny(),
-        text_config=replace(GemmaConfig.tiny(), vocab_size=tokenizer.vocab_size),
-        image_token_index=tokenizer.image_id,
-    )
-    build_reference_checkpoint(folder, config, seed=0)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def images(count: int = 2) -> list[Image.Image]:
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)) for _ in range(count)]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    pytest.importorskip("transformers")
-    return build_checkpoint(tmp_path_factory.mktemp("tiny_paligemma"))
 
 
 @pytest.fixture(scope="module")
@@ -202,9 +175,7 @@ def test_generate_streams_what_it_returns(model, processor):
     assert answers[1] == processor.decode(greedy[1].tolist())
 
 
-def test_streamer_holds_back_incomplete_characters():
-    from test_tokenizer import make_sentencepiece_tokenizer
-
+def test_streamer_holds_back_incomplete_characters(make_sentencepiece_tokenizer):
     tokenizer: PaliGemmaTokenizer = make_sentencepiece_tokenizer()
     ids = tokenizer.encode("a \u732b cat")  # the CJK character is three byte-fallback tokens
     streamer = TextStreamer(tokenizer)
@@ -309,7 +280,7 @@ def test_bad_options(model, processor, batch):
         run(model, batch._asdict())
 
 
-def test_processor_from_another_checkpoint_is_refused(model, processor):
+def test_processor_from_another_checkpoint_is_refused(model, processor, make_tokenizer):
     other = PaliGemmaProcessor(processor.tokenizer, image_size=64, num_image_tokens=64)
     with pytest.raises(ValueError, match="image_size is 64 but the model's config needs 32"):
         generate(model, other, images(1), "caption en")
@@ -319,8 +290,8 @@ def test_processor_from_another_checkpoint_is_refused(model, processor):
 
 
 @pytest.mark.parametrize("use_sdpa", [False, True])
-def test_decode_step_without_padding_needs_no_mask(use_sdpa):
-    config = CONFIGS["grouped_query"]
+def test_decode_step_without_padding_needs_no_mask(use_sdpa, configs, random_model, make_inputs):
+    config = configs["grouped_query"]
     model = random_model(config, seed=4, use_sdpa=use_sdpa)
     inputs = make_inputs(config, padding=(0, 0))
     batch_size, length = inputs["input_ids"].shape

@@ -7,7 +7,6 @@ from hypothesis import strategies as st
 
 from pgemma.config import GemmaConfig
 from pgemma.kv_cache import KVCache
-from conftest import random_decoder
 from pgemma.masks import decoder_mask
 
 
@@ -45,7 +44,7 @@ def test_overflow_and_oversized_caches_are_refused():
 @settings(max_examples=10, deadline=None)
 @given(kv_heads=st.sampled_from([1, 2, 4]), batch=st.integers(1, 3), prompt=st.integers(1, 6),
        steps=st.integers(1, 5), seed=st.integers(0, 2**16), data=st.data())
-def test_cached_decoding_equals_recomputation(kv_heads, batch, prompt, steps, seed, data):
+def test_cached_decoding_equals_recomputation(kv_heads, batch, prompt, steps, seed, data, random_decoder):
     config = GemmaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=kv_heads, head_dim=8, max_position_embeddings=32)
     model = random_decoder(config, seed)

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from conftest import CONFIGS, make_inputs, random_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,51 +11,50 @@ from pgemma.kv_cache import KVCache
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_logits_and_loss_match_transformers(name, reference_checkpoint, reference_model):
-    model, hf_model = load_model(reference_checkpoint(name)), reference_model(name)
-    inputs = make_inputs(CONFIGS[name], seed=1, padding=(0, 3, 1))
+def test_logits_and_loss_match_transformers(config_name, config, reference_checkpoint, reference_model, make_inputs):
+    model, hf_model = load_model(reference_checkpoint(config_name)), reference_model(config_name)
+    inputs = make_inputs(config, seed=1, padding=(0, 3, 1))
     with torch.no_grad():
         ours = model(**inputs)
         theirs = hf_model(**inputs)
     # Every position, padding included: the padding rows follow the same rules as transformers'.
     assert (ours.logits - theirs.logits).abs().max() <= 1e-5
-    assert ours.logits.shape == (3, inputs["input_ids"].shape[1], CONFIGS[name].text_config.vocab_size)
+    assert ours.logits.shape == (3, inputs["input_ids"].shape[1], config.text_config.vocab_size)
     torch.testing.assert_close(ours.loss, theirs.loss, rtol=1e-6, atol=1e-6)
 
 
-def test_compare_layers_finds_no_divergence(reference_checkpoint, reference_model):
+def test_compare_layers_finds_no_divergence(reference_checkpoint, reference_model, configs, make_inputs):
     from pgemma.reference import compare_layers, format_comparison
 
     name = "grouped_query"
     model, hf_model = load_model(reference_checkpoint(name)), reference_model(name)
-    inputs = make_inputs(CONFIGS[name], seed=2)
+    inputs = make_inputs(configs[name], seed=2)
     del inputs["labels"]
     table = compare_layers(model, hf_model, inputs)
-    layers = CONFIGS[name].vision_config.num_hidden_layers, CONFIGS[name].text_config.num_hidden_layers
+    layers = configs[name].vision_config.num_hidden_layers, configs[name].text_config.num_hidden_layers
     assert list(table) == (["patch_embeddings"] + [f"vision_layer_{i}" for i in range(layers[0])]
                            + ["image_features", "decoder_input"]
                            + [f"decoder_layer_{i}" for i in range(layers[1] - 1)] + ["final_norm", "logits"])
     assert max(table.values()) <= 1e-5, format_comparison(table)
 
 
-def test_compare_layers_points_at_the_broken_layer(reference_checkpoint, reference_model):
+def test_compare_layers_points_at_the_broken_layer(reference_checkpoint, reference_model, configs, make_inputs):
     from pgemma.reference import compare_layers
 
     name = "grouped_query"
     model, hf_model = load_model(reference_checkpoint(name)), reference_model(name)
     with torch.no_grad():
         model.language_model.model.layers[1].mlp.down_proj.weight.mul_(1.5)
-    inputs = make_inputs(CONFIGS[name], seed=2)
+    inputs = make_inputs(configs[name], seed=2)
     del inputs["labels"]
     table = compare_layers(model, hf_model, inputs)
     assert table["decoder_layer_0"] <= 1e-5
     assert table["decoder_layer_1"] > 1e-3
 
 
-def test_the_image_reaches_the_text(reference_checkpoint):
+def test_the_image_reaches_the_text(reference_checkpoint, configs, make_inputs):
     model = load_model(reference_checkpoint("multi_query"))
-    inputs = make_inputs(CONFIGS["multi_query"], seed=3)
+    inputs = make_inputs(configs["multi_query"], seed=3)
     del inputs["labels"]
     with torch.no_grad():
         logits = model(**inputs).logits
@@ -65,20 +63,19 @@ def test_the_image_reaches_the_text(reference_checkpoint):
     assert (logits[:, -1] - flipped[:, -1]).abs().max() > 1e-4
 
 
-def test_sdpa_path_matches_explicit_path(reference_checkpoint):
+def test_sdpa_path_matches_explicit_path(reference_checkpoint, configs, make_inputs):
     path = reference_checkpoint("grouped_query")
     explicit, fused = load_model(path), load_model(path, use_sdpa=True)
-    inputs = make_inputs(CONFIGS["grouped_query"], seed=4)
+    inputs = make_inputs(configs["grouped_query"], seed=4)
     with torch.no_grad():
         a, b = explicit(**inputs).logits, fused(**inputs).logits
     real = inputs["attention_mask"].bool()  # padding queries see no key: their rows differ (see attention())
     torch.testing.assert_close(a[real], b[real], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_attention_weights_match_transformers(name, reference_checkpoint, reference_model):
-    config, path = CONFIGS[name], reference_checkpoint(name)
-    model, hf_model = load_model(path), reference_model(name)
+def test_attention_weights_match_transformers(config_name, config, reference_checkpoint, reference_model, make_inputs):
+    path = reference_checkpoint(config_name)
+    model, hf_model = load_model(path), reference_model(config_name)
     inputs = make_inputs(config, seed=9, padding=(0, 3, 1))
     del inputs["labels"]
     with torch.no_grad():
@@ -107,9 +104,9 @@ def test_attention_weights_match_transformers(name, reference_checkpoint, refere
         assert torch.equal(a, b)
 
 
-def test_attention_weights_with_a_cache_cover_the_cached_keys(reference_checkpoint):
+def test_attention_weights_with_a_cache_cover_the_cached_keys(reference_checkpoint, configs, make_inputs):
     model = load_model(reference_checkpoint("grouped_query"))
-    inputs = make_inputs(CONFIGS["grouped_query"], seed=10, suffix=2)
+    inputs = make_inputs(configs["grouped_query"], seed=10, suffix=2)
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     length = ids.shape[1]
     with torch.no_grad():
@@ -138,10 +135,9 @@ def _decode_step_by_step(model, inputs, prompt_length: int) -> torch.Tensor:
     return torch.cat(steps, dim=1)
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_cached_decoding_matches_full_recomputation(name, reference_checkpoint):
-    model = load_model(reference_checkpoint(name))
-    inputs = make_inputs(CONFIGS[name], seed=5, padding=(2, 0), suffix=4)
+def test_cached_decoding_matches_full_recomputation(config_name, config, reference_checkpoint, make_inputs):
+    model = load_model(reference_checkpoint(config_name))
+    inputs = make_inputs(config, seed=5, padding=(2, 0), suffix=4)
     prompt_length = inputs["input_ids"].shape[1] - 4
     with torch.no_grad():
         full = model(**inputs).logits
@@ -149,11 +145,11 @@ def test_cached_decoding_matches_full_recomputation(name, reference_checkpoint):
     torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
 
 
-def test_cached_decoding_matches_transformers(reference_checkpoint, reference_model):
+def test_cached_decoding_matches_transformers(reference_checkpoint, reference_model, configs, make_inputs):
     """The generation contract: one new token per row, attention_mask covering cache + new tokens."""
     name = "multi_query"
     model, hf_model = load_model(reference_checkpoint(name)), reference_model(name)
-    inputs = make_inputs(CONFIGS[name], seed=6, padding=(0, 2), suffix=3)
+    inputs = make_inputs(configs[name], seed=6, padding=(0, 2), suffix=3)
     prompt_length = inputs["input_ids"].shape[1] - 3
     with torch.no_grad():
         theirs = hf_model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
@@ -163,8 +159,8 @@ def test_cached_decoding_matches_transformers(reference_checkpoint, reference_mo
 
 @settings(max_examples=8, deadline=None)
 @given(batch=st.integers(1, 3), prefix=st.integers(1, 6), suffix=st.integers(1, 5), data=st.data())
-def test_cache_equals_recompute_property(batch, prefix, suffix, data):
-    config = CONFIGS[data.draw(st.sampled_from(sorted(CONFIGS)))]
+def test_cache_equals_recompute_property(batch, prefix, suffix, data, configs, random_model, make_inputs):
+    config = configs[data.draw(st.sampled_from(sorted(configs)))]
     padding = tuple(data.draw(st.integers(0, prefix - 1)) for _ in range(batch))
     prompt_extra = data.draw(st.integers(0, suffix - 1))  # part of the suffix may be in the prompt
     model = random_model(config, seed=batch)
@@ -191,12 +187,12 @@ def test_output_shapes_and_names_mirror_the_hub():
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
+def tiny_model(random_model):
     return random_model(PaliGemmaConfig.tiny())
 
 
 @pytest.fixture
-def tiny_inputs():
+def tiny_inputs(make_inputs):
     inputs = make_inputs(PaliGemmaConfig.tiny(), seed=7)
     del inputs["labels"]
     return inputs
@@ -255,7 +251,8 @@ def test_cache_for_another_batch_size_is_refused(tiny_model):
         tiny_model(torch.full((1, 3), 3), kv_cache=cache)
 
 
-def test_bfloat16_differs_from_transformers_5_only_by_where_the_image_is_scaled(reference_checkpoint):
+def test_bfloat16_differs_from_transformers_5_only_by_where_the_image_is_scaled(reference_checkpoint, configs,
+                                                                                make_inputs):
     """transformers >= 5.4 no longer divides image features by sqrt(D) (see merge_image_and_text).
 
     With D = 64, sqrt(D) = 8 is a power of two and both orders round identically in bfloat16, so
@@ -264,7 +261,7 @@ def test_bfloat16_differs_from_transformers_5_only_by_where_the_image_is_scaled(
     from pgemma.reference import load_reference_model
 
     for name, exact in (("multi_query", True), ("grouped_query", False)):
-        inputs = make_inputs(CONFIGS[name], seed=8)
+        inputs = make_inputs(configs[name], seed=8)
         del inputs["labels"]
         model = load_model(reference_checkpoint(name), dtype=torch.bfloat16)
         hf_model = load_reference_model(reference_checkpoint(name), dtype=torch.bfloat16)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_tokenizer import make_tokenizer
 
 from pgemma.config import IGNORE_INDEX, PaliGemmaConfig
 from pgemma.processor import PaliGemmaProcessor, ProcessorBatch, load_processor
@@ -21,7 +20,7 @@ SUFFIXES = ["a red cat", "red", "<loc0010><loc0020><loc0500><loc0600> cat"]
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
+def tokenizer(make_tokenizer):
     return make_tokenizer()
 
 

@@ -10,7 +10,6 @@ from tokenizers import Tokenizer, models
 from pgemma.tokenizer import (
     BOS,
     EOS,
-    IMAGE,
     LOC_TOKENS,
     PAD,
     SEG_TOKENS,
@@ -20,14 +19,6 @@ from pgemma.tokenizer import (
     train_tokenizer,
 )
 
-CORPUS = [
-    "caption en a red cat sitting on a wooden bench",
-    "answer en what color is the cat?\nred",
-    "detect cat ; dog\n<loc0010><loc0020><loc0500><loc0600> cat ; <loc0001><loc0002><loc0003><loc0004> dog",
-    "the quick brown fox jumps over the lazy dog",
-    "two small dogs play with a blue ball in the park",
-] * 10
-
 TEXTS = [
     "a red cat",
     "what color is the cat?\nred",
@@ -36,40 +27,13 @@ TEXTS = [
 ]
 
 
-def make_tokenizer(vocab_size: int = 1400, seg_tokens: bool = False) -> PaliGemmaTokenizer:
-    """The small trained tokenizer that the processor, generate and CLI tests share."""
-    return train_tokenizer(CORPUS, vocab_size=vocab_size, seg_tokens=seg_tokens)
-
-
-def make_sentencepiece_tokenizer() -> PaliGemmaTokenizer:
-    """A tiny SentencePiece model laid out like Gemma's: control ids 0-3, no dummy prefix,
-    no whitespace normalization, unseen characters spelled as bytes."""
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=1400,
-        hard_vocab_limit=False,
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-        pad_piece=PAD, eos_piece=EOS, bos_piece=BOS, unk_piece=UNK,
-        user_defined_symbols=[IMAGE, *LOC_TOKENS],
-        add_dummy_prefix=False,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        byte_fallback=True,
-        minloglevel=2,
-    )
-    return PaliGemmaTokenizer(spm.SentencePieceProcessor(model_proto=model.getvalue()))
-
-
 @pytest.fixture(scope="module")
-def tokenizer() -> PaliGemmaTokenizer:
+def tokenizer(make_tokenizer) -> PaliGemmaTokenizer:
     return make_tokenizer()
 
 
 @pytest.fixture(scope="module")
-def sp_tokenizer() -> PaliGemmaTokenizer:
+def sp_tokenizer(make_sentencepiece_tokenizer) -> PaliGemmaTokenizer:
     return make_sentencepiece_tokenizer()
 
 
@@ -81,7 +45,7 @@ def test_special_ids_match_gemma_layout(tokenizer):
     assert tokenizer.vocab_size <= 1400
 
 
-def test_seg_tokens_are_optional():
+def test_seg_tokens_are_optional(make_tokenizer):
     with_seg = make_tokenizer(seg_tokens=True)
     assert with_seg.token_to_id("<seg000>") == 5 + 1024
     assert with_seg.token_to_id(SEG_TOKENS[-1]) == 5 + 1024 + 127
@@ -154,11 +118,11 @@ def test_sentencepiece_byte_fallback_restores_unseen_characters(sp_tokenizer):
     assert sp_tokenizer.decode(sp_tokenizer.encode("caf\u00e9 \u732b")) == "caf\u00e9 \u732b"
 
 
-def test_sentencepiece_without_image_piece_appends_it():
+def test_sentencepiece_without_image_piece_appends_it(corpus):
     # PaliGemma's tokenizer.model has no <image> piece; it gets the next free id.
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS), model_writer=model, model_type="bpe", vocab_size=1100,
+        sentence_iterator=iter(corpus), model_writer=model, model_type="bpe", vocab_size=1100,
         hard_vocab_limit=False, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece=PAD,
         eos_piece=EOS, bos_piece=BOS, unk_piece=UNK, user_defined_symbols=list(LOC_TOKENS),
         add_dummy_prefix=False, minloglevel=2,
@@ -211,9 +175,9 @@ def test_missing_special_tokens_named(tmp_path):
         PaliGemmaTokenizer({})
 
 
-def test_bad_arguments(tokenizer):
+def test_bad_arguments(tokenizer, corpus):
     with pytest.raises(ValueError, match="vocab_size must be at least"):
-        train_tokenizer(CORPUS, vocab_size=100)
+        train_tokenizer(corpus, vocab_size=100)
     with pytest.raises(TypeError, match="expects a str"):
         tokenizer.encode(["a", "b"])
     with pytest.raises(ValueError, match="outside the vocabulary"):
