@@ -50,11 +50,10 @@ def colab_cell_source(root: Path = ROOT) -> str:
     """
     return (
         "# Colab and other fresh environments: install pgemma (keeping the installed torch).\n"
-        "try:\n"
-        "    import pgemma\n"
-        "except ImportError:\n"
-        f"    %pip install --quiet --no-deps \"pgemma @ git+{repository_url(root)}\"\n"
-        "    import pgemma"
+        "import importlib.util\n"
+        "\n"
+        'if importlib.util.find_spec("pgemma") is None:\n'
+        f'    %pip install --quiet --no-deps "pgemma @ git+{repository_url(root)}"'
     )
 
 
