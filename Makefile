@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum
 # The scripts the book serves itself (widget manager, require.js, MathJax), locked in package-lock.json.
 JS     := node_modules/.package-lock.json
 
-.PHONY: install test test-fast book notebooks clean
+.PHONY: install lint test test-fast book notebooks clean
 
 install: $(STAMP) $(JS)
 
@@ -23,11 +23,16 @@ $(STAMP): requirements.txt pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-test: install
+test: install lint
 	$(BIN)/python -m pytest
 
-test-fast: install
+test-fast: install lint
 	$(BIN)/python -m pytest -m "not slow and not book" tests
+
+# ruff, configured in pyproject.toml: lint rules, and the formatter's check (it changes nothing)
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 book: install
 	$(BIN)/jupyter-book build . -W --keep-going

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import platform
@@ -56,8 +57,10 @@ clock = time.perf_counter
 
 # pgemma's settings for every figure, printed with them: load_model(path), then prepare_for_speed(model,
 # compile_decoder=True), which composes these four.
-PGEMMA_SETTINGS = ("pgemma.fast.prepare_for_speed(compile_decoder=True): use_sdpa + fuse_projections + "
-                   "use_fast_linear + compile_decoder")
+PGEMMA_SETTINGS = (
+    "pgemma.fast.prepare_for_speed(compile_decoder=True): use_sdpa + fuse_projections + "
+    "use_fast_linear + compile_decoder"
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -77,7 +80,8 @@ def config_300m() -> PaliGemmaConfig:
     return PaliGemmaConfig(
         vision_config=SiglipVisionConfig(num_hidden_layers=4, image_size=112),
         text_config=GemmaConfig(vocab_size=16384, num_hidden_layers=2, max_position_embeddings=1024),
-        image_token_index=16383)
+        image_token_index=16383,
+    )
 
 
 def random_checkpoint(workdir: Path, name: str, config: PaliGemmaConfig) -> Path:
@@ -136,23 +140,28 @@ def read_bandwidth(megabytes: int = 256, repeats: int = 7) -> float:
 
 
 def machine_facts() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
     memory = next(line.split(":", 1)[1].strip() for line in open("/proc/meminfo") if line.startswith("MemTotal"))
     load = os.getloadavg()
     import transformers
 
-    return (f"{platform.platform()}, {cpu}, {os.cpu_count()} CPUs, {memory} RAM, load average "
-            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; Python {platform.python_version()}, torch "
-            f"{torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} torch thread(s)")
+    return (
+        f"{platform.platform()}, {cpu}, {os.cpu_count()} CPUs, {memory} RAM, load average "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; Python {platform.python_version()}, torch "
+        f"{torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} torch thread(s)"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Generation, timed token by token, for both libraries
 
 
-def pgemma_generate(model: PaliGemmaForConditionalGeneration, batch: ProcessorBatch,
-                    new_tokens: int) -> tuple[list[float], torch.Tensor]:
+def pgemma_generate(
+    model: PaliGemmaForConditionalGeneration, batch: ProcessorBatch, new_tokens: int
+) -> tuple[list[float], torch.Tensor]:
     """(arrival time of each token after the call, tokens int[B, n]) from pgemma's greedy loop."""
     times, tokens = [], []
     start = clock()
@@ -181,11 +190,17 @@ def transformers_generate(model, batch: ProcessorBatch, new_tokens: int) -> tupl
     """The same as ``pgemma_generate`` with transformers' ``generate`` (greedy, its KV cache)."""
     streamer = _ArrivalTimes()
     with torch.no_grad():
-        out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                             token_type_ids=batch.token_type_ids, pixel_values=batch.pixel_values,
-                             max_new_tokens=new_tokens, do_sample=False, streamer=streamer,
-                             pad_token_id=model.config.text_config.pad_token_id)
-    return streamer.times, out[:, batch.input_ids.shape[1]:]
+        out = model.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            token_type_ids=batch.token_type_ids,
+            pixel_values=batch.pixel_values,
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            streamer=streamer,
+            pad_token_id=model.config.text_config.pad_token_id,
+        )
+    return streamer.times, out[:, batch.input_ids.shape[1] :]
 
 
 def same_tokens(ours: torch.Tensor, theirs: torch.Tensor, eos: int, pad: int) -> bool:
@@ -193,7 +208,7 @@ def same_tokens(ours: torch.Tensor, theirs: torch.Tensor, eos: int, pad: int) ->
     if ours.shape[1] != theirs.shape[1]:
         return False
     for a, b in zip(ours.tolist(), theirs.tolist()):
-        a, b = a[:a.index(eos) + 1] if eos in a else a, b[:b.index(eos) + 1] if eos in b else b
+        a, b = a[: a.index(eos) + 1] if eos in a else a, b[: b.index(eos) + 1] if eos in b else b
         if a != b:
             return False
     return True
@@ -208,9 +223,11 @@ def compare_generation(model, hf_model, batch: ProcessorBatch, new_tokens: int, 
     runs = {"pgemma": [], "transformers": []}
     bandwidths = []
     outputs = {}
-    functions = {"pgemma": lambda: pgemma_generate(model, batch, new_tokens),
-                 "transformers": lambda: transformers_generate(hf_model, batch, new_tokens)}
-    for name, function in functions.items():  # warm-up, untimed
+    functions = {
+        "pgemma": lambda: pgemma_generate(model, batch, new_tokens),
+        "transformers": lambda: transformers_generate(hf_model, batch, new_tokens),
+    }
+    for function in functions.values():  # warm-up, untimed
         function()
     for _ in range(repeats):
         for name, function in functions.items():
@@ -226,12 +243,14 @@ def compare_generation(model, hf_model, batch: ProcessorBatch, new_tokens: int, 
         result[name] = {
             "prefill_s": statistics.median(t[0] for t in times),
             "decode_tok_s": statistics.median(rows * n / (t[-1] - t[0]) for t, n in zip(times, steps) if n > 0)
-            if min(steps) > 0 else float("nan"),
+            if min(steps) > 0
+            else float("nan"),
             "tokens": outputs[name].shape[1],
         }
     config = model.config
-    result["identical"] = same_tokens(outputs["pgemma"], outputs["transformers"], config.eos_token_id,
-                                      config.pad_token_id)
+    result["identical"] = same_tokens(
+        outputs["pgemma"], outputs["transformers"], config.eos_token_id, config.pad_token_id
+    )
     return result
 
 
@@ -255,7 +274,11 @@ def child(library: str, path: str, batch_size: int, new_tokens: int, threads: in
     if library == "transformers":
         import transformers
 
-        transformers.PaliGemmaForConditionalGeneration  # its lazy import, before the baseline as pgemma's
+        _ = transformers.PaliGemmaForConditionalGeneration  # its lazy import, before the baseline as pgemma's
+    # Python's garbage collector runs a full pass after a number of allocations that the imports
+    # have mostly used up: without a pass here, the load pays for one (about 50 ms on the small
+    # model), and whether it does depends on which modules the script imported.
+    gc.collect()
     open("/proc/self/clear_refs", "w").write("5")  # VmHWM := VmRSS: peaks from here on
     baseline = _memory_kb("VmRSS")
     start = time.perf_counter()
@@ -271,20 +294,32 @@ def child(library: str, path: str, batch_size: int, new_tokens: int, threads: in
     batch = random_batch(config, batch_size, TEXT_LENGTH, seed=1)
     (pgemma_generate if library == "pgemma" else transformers_generate)(model, batch, new_tokens)
     generate_peak = _memory_kb("VmHWM") - baseline
-    print(json.dumps({"load_s": load_s, "load_peak_bytes": load_peak * 1024,
-                      "generate_peak_bytes": generate_peak * 1024}))
+    print(
+        json.dumps({"load_s": load_s, "load_peak_bytes": load_peak * 1024, "generate_peak_bytes": generate_peak * 1024})
+    )
 
 
 def compare_loading(path: Path, repeats: int, batch_size: int, new_tokens: int, threads: int) -> dict:
     runs = {"pgemma": [], "transformers": []}
     for _ in range(repeats):
         for library in runs:
-            command = [sys.executable, __file__, "--child", library, str(path), str(batch_size), str(new_tokens),
-                       "--threads", str(threads)]
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                library,
+                str(path),
+                str(batch_size),
+                str(new_tokens),
+                "--threads",
+                str(threads),
+            ]
             done = subprocess.run(command, capture_output=True, text=True, check=True)
             runs[library].append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return {library: {key: statistics.median(run[key] for run in values) for key in values[0]}
-            for library, values in runs.items()}
+    return {
+        library: {key: statistics.median(run[key] for run in values) for key in values[0]}
+        for library, values in runs.items()
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,8 +333,11 @@ def kv_cache_speedup(new_tokens: int, repeats: int) -> dict:
     batch = random_batch(model.config, 1, TEXT_LENGTH, seed=0)
     cached = time_decoding(model, batch, new_tokens, use_cache=True, repeats=repeats)
     recomputed = time_decoding(model, batch, new_tokens, use_cache=False, repeats=1, warmup=0)
-    return {"cached_s": cached.total_seconds, "recomputed_s": recomputed.total_seconds,
-            "speedup": recomputed.total_seconds / cached.total_seconds}
+    return {
+        "cached_s": cached.total_seconds,
+        "recomputed_s": recomputed.total_seconds,
+        "speedup": recomputed.total_seconds / cached.total_seconds,
+    }
 
 
 def sigmoid_loss_memory(batch_size: int, chunk_size: int, width: int = 64) -> dict:
@@ -319,8 +357,12 @@ def sigmoid_loss_memory(batch_size: int, chunk_size: int, width: int = 64) -> di
 
     full, full_loss = run(sigmoid_loss)
     chunked, chunked_loss = run(lambda *a: chunked_sigmoid_loss(*a, chunk_size=chunk_size))
-    return {"full_bytes": full, "chunked_bytes": chunked, "ratio": chunked / full,
-            "same_loss": abs(full_loss - chunked_loss) <= 1e-4 * abs(full_loss)}
+    return {
+        "full_bytes": full,
+        "chunked_bytes": chunked,
+        "ratio": chunked / full,
+        "same_loss": abs(full_loss - chunked_loss) <= 1e-4 * abs(full_loss),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -328,8 +370,10 @@ def sigmoid_loss_memory(batch_size: int, chunk_size: int, width: int = 64) -> di
 
 
 def ratio_line(label: str, ours: float, theirs: float, unit: str, scale: float = 1.0, digits: int = 1) -> str:
-    return (f"  {label:<28} pgemma {ours * scale:10.{digits}f} {unit:<6} transformers {theirs * scale:10.{digits}f} "
-            f"{unit:<6} ratio {ours / theirs:5.2f}")
+    return (
+        f"  {label:<28} pgemma {ours * scale:10.{digits}f} {unit:<6} transformers {theirs * scale:10.{digits}f} "
+        f"{unit:<6} ratio {ours / theirs:5.2f}"
+    )
 
 
 def benchmark_checkpoint(name: str, path: Path, args: argparse.Namespace) -> None:
@@ -341,9 +385,11 @@ def benchmark_checkpoint(name: str, path: Path, args: argparse.Namespace) -> Non
     params = sum(p.numel() for p in model.parameters())
     size = checkpoint_bytes(path)
     weights = decode_weight_bytes(model)
-    print(f"  {params / 1e6:.1f}M parameters, checkpoint {size / 2**20:.1f} MiB, "
-          f"{weights / 2**20:.1f} MiB of weights read per decode step; transformers attention: "
-          f"{hf_model.config._attn_implementation}, pgemma: {PGEMMA_SETTINGS}")
+    print(
+        f"  {params / 1e6:.1f}M parameters, checkpoint {size / 2**20:.1f} MiB, "
+        f"{weights / 2**20:.1f} MiB of weights read per decode step; transformers attention: "
+        f"{hf_model.config._attn_implementation}, pgemma: {PGEMMA_SETTINGS}"
+    )
     new_tokens = args.new_tokens_small if name == "small" else args.new_tokens_300m
     for batch_size in (1, 8):
         batch = random_batch(model.config, batch_size, TEXT_LENGTH, seed=batch_size)
@@ -358,28 +404,44 @@ def benchmark_checkpoint(name: str, path: Path, args: argparse.Namespace) -> Non
             print(f"  copy bandwidth, measured between the runs: {copy / 1e9:.2f} GB/s")
             for library in ("pgemma", "transformers"):
                 achieved = weights * result[library]["decode_tok_s"]
-                print(f"  {library:<13} decode bandwidth {achieved / 1e9:6.2f} GB/s = "
-                      f"{achieved / copy:5.1%} of the copy bandwidth")
+                print(
+                    f"  {library:<13} decode bandwidth {achieved / 1e9:6.2f} GB/s = "
+                    f"{achieved / copy:5.1%} of the copy bandwidth"
+                )
     del model, hf_model
     loading = compare_loading(path, args.load_repeats, 8, new_tokens, args.threads)
     ours, theirs = loading["pgemma"], loading["transformers"]
     print(ratio_line("load time", ours["load_s"], theirs["load_s"], "ms", 1e3))
     print(ratio_line("load peak RSS", ours["load_peak_bytes"], theirs["load_peak_bytes"], "MiB", 2**-20))
-    print(f"  {'':<28} pgemma {ours['load_peak_bytes'] / size:.2f}x, transformers "
-          f"{theirs['load_peak_bytes'] / size:.2f}x the checkpoint's size")
-    print(ratio_line("generation peak RSS (B=8)", ours["generate_peak_bytes"], theirs["generate_peak_bytes"],
-                     "MiB", 2**-20))
+    print(
+        f"  {'':<28} pgemma {ours['load_peak_bytes'] / size:.2f}x, transformers "
+        f"{theirs['load_peak_bytes'] / size:.2f}x the checkpoint's size"
+    )
+    print(
+        ratio_line(
+            "generation peak RSS (B=8)", ours["generate_peak_bytes"], theirs["generate_peak_bytes"], "MiB", 2**-20
+        )
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and tokens: a few minutes")
-    parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "pgemma-bench",
-                        help="where the random checkpoints are built (outside the repository)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(),
-                        help="torch threads for both libraries (default: one per CPU)")
-    parser.add_argument("--clock", choices=["cpu", "wall"], default="wall",
-                        help="generation timings in wall-clock time (default) or process CPU time (one thread only)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path.home() / ".cache" / "pgemma-bench",
+        help="where the random checkpoints are built (outside the repository)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="torch threads for both libraries (default: one per CPU)"
+    )
+    parser.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default="wall",
+        help="generation timings in wall-clock time (default) or process CPU time (one thread only)",
+    )
     parser.add_argument("--only", choices=["small", "300M"], help="benchmark one checkpoint only")
     parser.add_argument("--child", nargs=4, metavar=("LIBRARY", "PATH", "BATCH", "TOKENS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -396,29 +458,39 @@ def main() -> None:
     args.new_tokens_small, args.new_tokens_300m = (32, 8) if args.quick else (64, 32)
     kv_tokens, sigmoid_batch = (128 if args.quick else 512), 8192
 
-    print(f"pgemma vs transformers, {datetime.datetime.now():%Y-%m-%d %H:%M}, "
-          f"{'--quick' if args.quick else 'full run'}, generation timed in {args.clock} time")
+    print(
+        f"pgemma vs transformers, {datetime.datetime.now():%Y-%m-%d %H:%M}, "
+        f"{'--quick' if args.quick else 'full run'}, generation timed in {args.clock} time"
+    )
     print(machine_facts())
     bandwidth = copy_bandwidth()
-    print(f"copy bandwidth (torch copy_ of 256 MiB, read + write, {args.clock} time): {bandwidth / 1e9:.2f} GB/s; "
-          f"read only (sum): {read_bandwidth() / 1e9:.2f} GB/s")
+    print(
+        f"copy bandwidth (torch copy_ of 256 MiB, read + write, {args.clock} time): {bandwidth / 1e9:.2f} GB/s; "
+        f"read only (sum): {read_bandwidth() / 1e9:.2f} GB/s"
+    )
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    checkpoints = {"small": shipped_model_folder(),
-                   "300M": random_checkpoint(args.workdir, "paligemma-300m-random", config_300m())}
+    checkpoints = {
+        "small": shipped_model_folder(),
+        "300M": random_checkpoint(args.workdir, "paligemma-300m-random", config_300m()),
+    }
     for name, path in checkpoints.items():
         if args.only in (None, name):
             benchmark_checkpoint(name, path, args)
 
     print(f"\n== KV cache (pgemma, small model's shape, batch 1, {kv_tokens} new tokens)")
     kv = kv_cache_speedup(kv_tokens, repeats=1 if args.quick else 3)
-    print(f"  with the cache {kv['cached_s']:.2f} s, recomputing everything {kv['recomputed_s']:.2f} s: "
-          f"{kv['speedup']:.1f}x faster")
+    print(
+        f"  with the cache {kv['cached_s']:.2f} s, recomputing everything {kv['recomputed_s']:.2f} s: "
+        f"{kv['speedup']:.1f}x faster"
+    )
 
     print(f"\n== Sigmoid loss, forward + backward, batch {sigmoid_batch}")
     sigmoid = sigmoid_loss_memory(sigmoid_batch, chunk_size=256)
-    print(f"  full matrix {sigmoid['full_bytes'] / 2**20:.0f} MiB, chunks of 256 captions "
-          f"{sigmoid['chunked_bytes'] / 2**20:.0f} MiB: {sigmoid['ratio']:.3f}x; same loss: {sigmoid['same_loss']}")
+    print(
+        f"  full matrix {sigmoid['full_bytes'] / 2**20:.0f} MiB, chunks of 256 captions "
+        f"{sigmoid['chunked_bytes'] / 2**20:.0f} MiB: {sigmoid['ratio']:.3f}x; same loss: {sigmoid['same_loss']}"
+    )
 
 
 if __name__ == "__main__":

@@ -30,19 +30,49 @@ from tools.book import ROOT
 CONFIGS = {
     "multi_query": PaliGemmaConfig.tiny(),
     "grouped_query": PaliGemmaConfig(
-        vision_config=SiglipVisionConfig(hidden_size=24, intermediate_size=40, num_hidden_layers=2,
-                                         num_attention_heads=3, image_size=28, patch_size=7),
-        text_config=GemmaConfig(vocab_size=300, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
-                                num_attention_heads=4, num_key_value_heads=2, head_dim=12,
-                                max_position_embeddings=64),
-        projection_dim=48, image_token_index=257),
+        vision_config=SiglipVisionConfig(
+            hidden_size=24,
+            intermediate_size=40,
+            num_hidden_layers=2,
+            num_attention_heads=3,
+            image_size=28,
+            patch_size=7,
+        ),
+        text_config=GemmaConfig(
+            vocab_size=300,
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=12,
+            max_position_embeddings=64,
+        ),
+        projection_dim=48,
+        image_token_index=257,
+    ),
     "multi_head": PaliGemmaConfig(
-        vision_config=SiglipVisionConfig(hidden_size=40, intermediate_size=72, num_hidden_layers=1,
-                                         num_attention_heads=5, image_size=30, patch_size=6),
-        text_config=GemmaConfig(vocab_size=128, hidden_size=96, intermediate_size=160, num_hidden_layers=2,
-                                num_attention_heads=3, num_key_value_heads=3, head_dim=20,
-                                max_position_embeddings=96),
-        projection_dim=96, image_token_index=100),
+        vision_config=SiglipVisionConfig(
+            hidden_size=40,
+            intermediate_size=72,
+            num_hidden_layers=1,
+            num_attention_heads=5,
+            image_size=30,
+            patch_size=6,
+        ),
+        text_config=GemmaConfig(
+            vocab_size=128,
+            hidden_size=96,
+            intermediate_size=160,
+            num_hidden_layers=2,
+            num_attention_heads=3,
+            num_key_value_heads=3,
+            head_dim=20,
+            max_position_embeddings=96,
+        ),
+        projection_dim=96,
+        image_token_index=100,
+    ),
 }
 
 # The text the small tokenizers are trained on: prompts, answers, <loc> tokens and plain sentences.
@@ -109,8 +139,9 @@ def reference_model(reference_checkpoint: Callable[[str], Path]) -> Callable[[st
 def make_inputs() -> Callable[..., dict[str, torch.Tensor]]:
     """(config, seed=0, padding=(0, 3), prefix=5, suffix=3) -> a batch of inputs, see below."""
 
-    def make(config: PaliGemmaConfig, seed: int = 0, padding: tuple[int, ...] = (0, 3), prefix: int = 5,
-             suffix: int = 3) -> dict[str, torch.Tensor]:
+    def make(
+        config: PaliGemmaConfig, seed: int = 0, padding: tuple[int, ...] = (0, 3), prefix: int = 5, suffix: int = 3
+    ) -> dict[str, torch.Tensor]:
         """A left-padded batch as the processor makes it: <image> * P + BOS + prefix, then a suffix.
 
         Row b has ``padding[b]`` pad tokens on the left (and a shorter prefix). Returns input_ids,
@@ -123,18 +154,31 @@ def make_inputs() -> Callable[..., dict[str, torch.Tensor]]:
         for pad in padding:
             text = torch.randint(3, vocab, (prefix - pad + suffix,), generator=generator)
             text[text == image_token] = 3  # text never contains the image token
-            row = torch.cat([torch.zeros(pad, dtype=torch.long), torch.full((config.num_image_tokens,), image_token),
-                             torch.tensor([config.bos_token_id]), text])
+            row = torch.cat(
+                [
+                    torch.zeros(pad, dtype=torch.long),
+                    torch.full((config.num_image_tokens,), image_token),
+                    torch.tensor([config.bos_token_id]),
+                    text,
+                ]
+            )
             rows.append(row)
             masks.append((torch.arange(len(row)) >= pad).long())
             types.append((torch.arange(len(row)) >= len(row) - suffix).long())
         input_ids, token_type_ids = torch.stack(rows), torch.stack(types)
         vision = config.vision_config
-        pixel_values = torch.rand(len(padding), vision.num_channels, vision.image_size, vision.image_size,
-                                  generator=generator) * 2 - 1
+        pixel_values = (
+            torch.rand(len(padding), vision.num_channels, vision.image_size, vision.image_size, generator=generator) * 2
+            - 1
+        )
         labels = input_ids.masked_fill(token_type_ids == 0, -100)
-        return {"input_ids": input_ids, "pixel_values": pixel_values, "attention_mask": torch.stack(masks),
-                "token_type_ids": token_type_ids, "labels": labels}
+        return {
+            "input_ids": input_ids,
+            "pixel_values": pixel_values,
+            "attention_mask": torch.stack(masks),
+            "token_type_ids": token_type_ids,
+            "labels": labels,
+        }
 
     return make
 
@@ -198,8 +242,14 @@ def make_sentencepiece_tokenizer() -> Callable[[], PaliGemmaTokenizer]:
             model_type="bpe",
             vocab_size=1400,
             hard_vocab_limit=False,
-            pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-            pad_piece=PAD, eos_piece=EOS, bos_piece=BOS, unk_piece=UNK,
+            pad_id=0,
+            eos_id=1,
+            bos_id=2,
+            unk_id=3,
+            pad_piece=PAD,
+            eos_piece=EOS,
+            bos_piece=BOS,
+            unk_piece=UNK,
             user_defined_symbols=[IMAGE, *LOC_TOKENS],
             add_dummy_prefix=False,
             normalization_rule_name="identity",
@@ -235,7 +285,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, make_tokenizer: Callabl
 def built_book() -> Path:
     """Build the book once per test session (warnings are errors) into _build/html."""
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
-    result = subprocess.run([str(jupyter_book), "build", str(ROOT), "-W", "--keep-going"],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [str(jupyter_book), "build", str(ROOT), "-W", "--keep-going"], capture_output=True, text=True, cwd=ROOT
+    )
     assert result.returncode == 0, f"jupyter-book build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return ROOT / "_build" / "html"

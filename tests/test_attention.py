@@ -46,8 +46,12 @@ def test_masked_keys_get_exactly_zero_weight():
 def test_matches_transformers_eager_attention():
     modeling_gemma = pytest.importorskip("transformers.models.gemma.modeling_gemma")
     q, k, v = _inputs(heads=6, kv_heads=2, queries=7, keys=7)
-    mask = decoder_mask(7, 7, torch.tensor([[1] * 7, [0, 0, 0, 1, 1, 1, 1]]),
-                        torch.tensor([[0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1]]))
+    mask = decoder_mask(
+        7,
+        7,
+        torch.tensor([[1] * 7, [0, 0, 0, 1, 1, 1, 1]]),
+        torch.tensor([[0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1]]),
+    )
     additive = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
     module = SimpleNamespace(num_key_value_groups=3, training=False)
     theirs, their_weights = modeling_gemma.eager_attention_forward(module, q, k, v, additive, scaling=8**-0.5)
@@ -58,8 +62,12 @@ def test_matches_transformers_eager_attention():
 
 def test_sdpa_agrees_where_a_query_sees_a_key():
     q, k, v = _inputs(heads=8, kv_heads=1, queries=6, keys=9)
-    mask = decoder_mask(6, 9, torch.tensor([[1] * 9, [0, 0, 0, 0, 1, 1, 1, 1, 1]]),
-                        torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1]]))
+    mask = decoder_mask(
+        6,
+        9,
+        torch.tensor([[1] * 9, [0, 0, 0, 0, 1, 1, 1, 1, 1]]),
+        torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 1, 1]]),
+    )
     explicit, fused = attention(q, k, v, mask), attention(q, k, v, mask, use_sdpa=True)
     sees_a_key = mask.any(-1).expand(2, 8, 6)  # (B, N, T)
     torch.testing.assert_close(explicit[sees_a_key], fused[sees_a_key])
@@ -77,10 +85,18 @@ def test_bfloat16_softmax_is_computed_in_float32():
 
 
 @settings(max_examples=20, deadline=None)
-@given(kv_heads=st.integers(1, 3), groups=st.integers(1, 4), queries=st.integers(1, 6), cached=st.integers(0, 4),
-       head_dim=st.sampled_from([2, 4, 8]), seed=st.integers(0, 2**16), data=st.data())
-def test_grouped_query_equals_multi_head_with_repeated_kv_heads(kv_heads, groups, queries, cached, head_dim,
-                                                                 seed, data):
+@given(
+    kv_heads=st.integers(1, 3),
+    groups=st.integers(1, 4),
+    queries=st.integers(1, 6),
+    cached=st.integers(0, 4),
+    head_dim=st.sampled_from([2, 4, 8]),
+    seed=st.integers(0, 2**16),
+    data=st.data(),
+)
+def test_grouped_query_equals_multi_head_with_repeated_kv_heads(
+    kv_heads, groups, queries, cached, head_dim, seed, data
+):
     heads, keys = kv_heads * groups, queries + cached
     q, k, v = _inputs(1, heads, kv_heads, queries, keys, head_dim, seed)
     types = torch.tensor([data.draw(st.lists(st.integers(0, 1), min_size=queries, max_size=queries))])
@@ -90,5 +106,5 @@ def test_grouped_query_equals_multi_head_with_repeated_kv_heads(kv_heads, groups
     assert torch.equal(grouped, multi_head)
     # And head by head: query head n reads kv head n // G.
     for n in range(heads):
-        one = attention(q[:, n:n + 1], k[:, n // groups:n // groups + 1], v[:, n // groups:n // groups + 1], mask)
+        one = attention(q[:, n : n + 1], k[:, n // groups : n // groups + 1], v[:, n // groups : n // groups + 1], mask)
         torch.testing.assert_close(one[:, 0], grouped[:, n])

@@ -44,8 +44,12 @@ def test_decode_weight_bytes_counts_the_decoder_and_the_tied_head_once(reference
 
 
 def test_cpu_clock_refuses_several_threads():
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--clock", "cpu", "--threads", "2"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--clock", "cpu", "--threads", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "use it with --threads 1" in done.stderr
 
 

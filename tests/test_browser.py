@@ -36,8 +36,15 @@ pytestmark = [pytest.mark.book, pytest.mark.slow]
 SCREENSHOTS = ROOT / "_build" / "screenshots"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "chromium-headless-shell", "google-chrome")
 # Flags for a sandboxed, offline machine: no first-run or background connections to Google.
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TIMEOUT_MS = 30_000
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -93,8 +100,9 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 @pytest.fixture(scope="session")
 def site(built_book: Path) -> Iterator[str]:
     """The built book served on 127.0.0.1 (not file://, so that scripts load as on a web server)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                             functools.partial(QuietHandler, directory=str(built_book)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(built_book))
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/"
@@ -145,13 +153,21 @@ def browse(browser, site: str, built_book: Path, page_path: str) -> Visit:
 
     context.route("**/*", route)
     page = context.new_page()
-    page.on("console", lambda message: message.type == "error" and visit.errors.append(
-        f"console: {message.text} ({message.location.get('url')})"))
+    page.on(
+        "console",
+        lambda message: (
+            message.type == "error" and visit.errors.append(f"console: {message.text} ({message.location.get('url')})")
+        ),
+    )
     page.on("pageerror", lambda error: visit.errors.append(f"uncaught: {error}"))
-    page.on("requestfailed", lambda request: request.url.startswith(site) and visit.failed.append(
-        f"{request.url}: {request.failure}"))
-    page.on("response", lambda response: response.status >= 400 and visit.failed.append(
-        f"{response.url}: HTTP {response.status}"))
+    page.on(
+        "requestfailed",
+        lambda request: request.url.startswith(site) and visit.failed.append(f"{request.url}: {request.failure}"),
+    )
+    page.on(
+        "response",
+        lambda response: response.status >= 400 and visit.failed.append(f"{response.url}: HTTP {response.status}"),
+    )
     page.goto(visit.url, wait_until="load")
 
     # MathJax 3 typesets after start-up; widgets are drawn after the load event.
@@ -161,7 +177,8 @@ def browse(browser, site: str, built_book: Path, page_path: str) -> Visit:
             page.wait_for_function(
                 """([views, sliders, selector]) => document.querySelectorAll('.widget-subarea').length >= views
                    && document.querySelectorAll(selector).length >= sliders""",
-                arg=[visit.saved_views, visit.saved_sliders, SLIDERS])
+                arg=[visit.saved_views, visit.saved_sliders, SLIDERS],
+            )
         except Exception as error:  # reported by the widget test, with the counts
             visit.errors.append(f"widgets not drawn in {TIMEOUT_MS} ms: {type(error).__name__}")
     page.evaluate("""async () => {
@@ -171,7 +188,8 @@ def browse(browser, site: str, built_book: Path, page_path: str) -> Visit:
     }""")
     page.wait_for_timeout(300)  # late console errors
 
-    facts = page.evaluate("""(sliders) => {
+    facts = page.evaluate(
+        """(sliders) => {
         const visible = element => element.getBoundingClientRect().width > 0 && element.getBoundingClientRect().height > 0;
         const maths = Array.from(document.querySelectorAll('.math'));
         return {
@@ -186,7 +204,9 @@ def browse(browser, site: str, built_book: Path, page_path: str) -> Visit:
             links: Array.from(document.querySelectorAll('a[href]'), anchor => anchor.href),
             text: document.body.innerText,
         };
-    }""", SLIDERS)
+    }""",
+        SLIDERS,
+    )
     for name, value in facts.items():
         setattr(visit, name, [tuple(item) for item in value] if name == "images" else value)
 
@@ -248,14 +268,16 @@ def test_widgets_are_core_widgets(built_book, page_path):
 def test_every_widget_is_drawn_next_to_a_static_figure(visit, page_path):
     seen = visit(page_path)
     assert seen.saved_views > 0, f"{page_path}: no widget saved in the page (run make notebooks)"
-    assert seen.drawn_views == seen.saved_views, \
-        f"{page_path}: {seen.drawn_views} of {seen.saved_views} widgets drawn"
-    assert seen.drawn_sliders == seen.saved_sliders, \
+    assert seen.drawn_views == seen.saved_views, f"{page_path}: {seen.drawn_views} of {seen.saved_views} widgets drawn"
+    assert seen.drawn_sliders == seen.saved_sliders, (
         f"{page_path}: {seen.drawn_sliders} sliders drawn, {seen.saved_sliders} in the saved widget state"
-    assert seen.static_figures >= seen.saved_views, \
+    )
+    assert seen.static_figures >= seen.saved_views, (
         f"{page_path}: {seen.static_figures} static figures for {seen.saved_views} widgets"
-    assert re.search(r"live[^.]{0,80}\bColab\b", seen.text), \
+    )
+    assert re.search(r"live[^.]{0,80}\bColab\b", seen.text), (
         f"{page_path}: the page does not say that the controls are live in Colab or locally"
+    )
 
 
 def target_exists(built_book: Path, url: str) -> str | None:
@@ -278,7 +300,7 @@ def test_every_internal_link_resolves(visit, built_book, site, page_path):
     seen = visit(page_path)
     internal = sorted({link for link in seen.links if link.startswith(site)})
     assert internal, f"{page_path}: no internal links at all (no navigation?)"
-    problems = [problem for link in internal if (problem := target_exists(built_book, link[len(site) - 1:]))]
+    problems = [problem for link in internal if (problem := target_exists(built_book, link[len(site) - 1 :]))]
     assert not problems, f"{page_path}: broken internal links:\n" + "\n".join(problems)
 
 
@@ -290,14 +312,16 @@ def test_launch_buttons_open_this_chapter(visit, page_path):
     branch = config["repository"]["branch"]
     notebook = PAGES[page_path].relative_to(ROOT).as_posix()
     colab = [link for link in seen.links if link.startswith(LAUNCH_HOSTS["colab"])]
-    assert colab == [f"{LAUNCH_HOSTS['colab']}{repository}/blob/{branch}/{notebook}"], \
+    assert colab == [f"{LAUNCH_HOSTS['colab']}{repository}/blob/{branch}/{notebook}"], (
         f"{page_path}: Colab links {colab}"
+    )
     opened = colab[0].split(f"/blob/{branch}/", 1)[1]
     assert (ROOT / opened).is_file(), f"{page_path}: Colab would open {opened}, which is not in the repository"
     binder = [link for link in seen.links if link.startswith(LAUNCH_HOSTS["binder"])]
-    assert binder and all(link.startswith(f"{LAUNCH_HOSTS['binder']}{repository}/{branch}?") and
-                          link.endswith(f"urlpath=tree/{notebook}") for link in binder), \
-        f"{page_path}: Binder links {binder}"
+    assert binder and all(
+        link.startswith(f"{LAUNCH_HOSTS['binder']}{repository}/{branch}?") and link.endswith(f"urlpath=tree/{notebook}")
+        for link in binder
+    ), f"{page_path}: Binder links {binder}"
 
 
 @pytest.mark.parametrize("page_path", NOTEBOOK_PAGES)
@@ -326,5 +350,6 @@ def test_intro_shows_the_pgemma_version_and_build_date(built_book):
     import pgemma
 
     text = re.sub(r"<[^>]+>", "", (built_book / "book" / "intro.html").read_text())
-    assert re.search(rf"Built on \d{{4}}-\d{{2}}-\d{{2}} from\s+pgemma\s+{re.escape(pgemma.__version__)}", text), \
+    assert re.search(rf"Built on \d{{4}}-\d{{2}}-\d{{2}} from\s+pgemma\s+{re.escape(pgemma.__version__)}", text), (
         "the intro page does not show the pgemma version and the build date"
+    )

@@ -16,8 +16,13 @@ from pgemma.checkpoint import load_model, load_pretrained, pgemma_key, save_pret
 NAME = "grouped_query"
 
 
-def _rewrite(source: Path, target: Path, rename: Callable[[str], str], shards: int = 1,
-             extra: dict[str, torch.Tensor] | None = None) -> Path:
+def _rewrite(
+    source: Path,
+    target: Path,
+    rename: Callable[[str], str],
+    shards: int = 1,
+    extra: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Copy a checkpoint with renamed keys, optionally split into shards with an index."""
     target.mkdir()
     shutil.copy(source / "config.json", target / "config.json")
@@ -66,12 +71,17 @@ def inputs(configs, make_inputs) -> dict[str, torch.Tensor]:
 
 def test_keys_of_every_layout_map_to_ours():
     ours = "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"
-    for key in (ours, "vision_tower.encoder.layers.0.mlp.fc1.weight",
-                "model.vision_tower.encoder.layers.0.mlp.fc1.weight",
-                "model.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"):
+    for key in (
+        ours,
+        "vision_tower.encoder.layers.0.mlp.fc1.weight",
+        "model.vision_tower.encoder.layers.0.mlp.fc1.weight",
+        "model.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight",
+    ):
         assert pgemma_key(key) == ours
-    assert pgemma_key("model.language_model.layers.3.self_attn.o_proj.weight") == \
-        "language_model.model.layers.3.self_attn.o_proj.weight"
+    assert (
+        pgemma_key("model.language_model.layers.3.self_attn.o_proj.weight")
+        == "language_model.model.layers.3.self_attn.o_proj.weight"
+    )
     assert pgemma_key("lm_head.weight") == "language_model.lm_head.weight"
     assert pgemma_key("model.multi_modal_projector.linear.bias") == "multi_modal_projector.linear.bias"
     assert pgemma_key("text_model.embeddings.weight") is None
@@ -119,7 +129,7 @@ def test_half_precision_loading(source, inputs, dtype, tmp_path):
     reference = _logits(load_model(source), inputs)
     assert (logits.float() - reference).abs().max() < 0.05 * reference.abs().max()
     save_pretrained(model, tmp_path / "half")  # a half-precision file loads as it was stored
-    assert json.loads((tmp_path / "half" / "config.json").read_text())["dtype"] == str(dtype)[len("torch."):]
+    assert json.loads((tmp_path / "half" / "config.json").read_text())["dtype"] == str(dtype)[len("torch.") :]
     assert load_model(tmp_path / "half").language_model.model.embed_tokens.weight.dtype == dtype
     assert load_model(tmp_path / "half", dtype=torch.float32).multi_modal_projector.linear.weight.dtype == torch.float32
 
@@ -162,8 +172,11 @@ def test_wrong_shape_is_named_with_both_shapes(source, tmp_path):
     del tensors["unused"]
     tensors[key] = torch.zeros(48, 25)
     save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(ValueError, match=r"multi_modal_projector\.linear\.weight in model\.safetensors has shape "
-                                         r"\(48, 25\), the config needs \(48, 24\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"multi_modal_projector\.linear\.weight in model\.safetensors has shape "
+        r"\(48, 25\), the config needs \(48, 24\)",
+    ):
         load_model(broken)
 
 
@@ -178,8 +191,9 @@ def test_pickles_are_refused(source, tmp_path):
     folder.mkdir()
     shutil.copy(source / "config.json", folder / "config.json")
     torch.save({"w": torch.zeros(1)}, folder / "pytorch_model.bin")
-    with pytest.raises(ValueError, match="found pytorch_model.bin but no model.safetensors; pgemma loads "
-                                         "safetensors only"):
+    with pytest.raises(
+        ValueError, match="found pytorch_model.bin but no model.safetensors; pgemma loads safetensors only"
+    ):
         load_model(folder)
     with pytest.raises(ValueError, match="pytorch_model.bin: pgemma loads safetensors only"):
         load_model(folder / "pytorch_model.bin")
@@ -238,8 +252,10 @@ def test_config_that_disagrees_with_the_weights_names_every_problem(source, tmp_
         load_model(folder)
     message = str(error.value)
     assert "missing keys: language_model.model.layers.3." in message
-    assert "language_model.model.layers.0.mlp.up_proj.weight in model.safetensors has shape (96, 48), " \
-           "the config needs (80, 48)" in message
+    assert (
+        "language_model.model.layers.0.mlp.up_proj.weight in model.safetensors has shape (96, 48), "
+        "the config needs (80, 48)" in message
+    )
 
 
 def test_unsupported_dtype_is_refused(source):

@@ -28,17 +28,20 @@ def image_file(tmp_path_factory):
 
 
 def pgemma(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pgemma", *map(str, args)], capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pgemma", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.slow  # a fresh Python imports torch: a few seconds
 def test_generate_prints_the_answer(checkpoint, image_file):
-    result = pgemma("generate", "--model", checkpoint, "--image", image_file, "--prompt", "caption en",
-                    "--max-new-tokens", "6")
+    result = pgemma(
+        "generate", "--model", checkpoint, "--image", image_file, "--prompt", "caption en", "--max-new-tokens", "6"
+    )
     assert result.returncode == 0, result.stderr
-    expected = generate(load_model(checkpoint), load_processor(checkpoint), image_file, "caption en",
-                        max_new_tokens=6)[0]
+    expected = generate(load_model(checkpoint), load_processor(checkpoint), image_file, "caption en", max_new_tokens=6)[
+        0
+    ]
     assert expected and result.stdout == expected + "\n"
 
 
@@ -47,8 +50,9 @@ def test_bad_image_is_one_line_on_stderr(checkpoint, tmp_path):
     (tmp_path / "notes.jpg").write_text("not an image")
     result = pgemma("generate", "--model", checkpoint, "--image", tmp_path / "notes.jpg")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"pgemma: error: {str(tmp_path / 'notes.jpg')!r} is not an "
-                                                  "image file PIL can read"]
+    assert result.stderr.strip().splitlines() == [
+        f"pgemma: error: {str(tmp_path / 'notes.jpg')!r} is not an image file PIL can read"
+    ]
     assert result.stdout == ""
 
 
@@ -57,16 +61,32 @@ def test_fast_gives_the_same_answer(checkpoint, image_file, capsys, monkeypatch)
     from pgemma.fast import linear as fast_linear
 
     prepare_for_speed, prepared = pgemma.fast.prepare_for_speed, []
-    monkeypatch.setattr(pgemma.fast, "prepare_for_speed",
-                        lambda model, **options: prepared.append(options) or prepare_for_speed(model, **options))
+    monkeypatch.setattr(
+        pgemma.fast,
+        "prepare_for_speed",
+        lambda model, **options: prepared.append(options) or prepare_for_speed(model, **options),
+    )
     monkeypatch.setattr(fast_linear, "SWAP_MIN_WEIGHTS", 0)  # a tiny checkpoint: swap and use every layer
     monkeypatch.setattr(fast_linear, "ONEDNN_MIN_MULTIPLY_ADDS", 0)
-    argv = ["generate", "--model", str(checkpoint), "--image", str(image_file), "--max-new-tokens", "8",
-            "--temperature", "1.5", "--seed", "3"]  # sampled: varied text from a tiny random model
+    argv = [
+        "generate",
+        "--model",
+        str(checkpoint),
+        "--image",
+        str(image_file),
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "1.5",
+        "--seed",
+        "3",
+    ]  # sampled: varied text from a tiny random model
     assert main(argv) == 0
     default = capsys.readouterr().out
     calls = []
-    monkeypatch.setattr(fast_linear, "onednn_linear", lambda *args: calls.append(1) or torch.nn.functional.linear(*args))
+    monkeypatch.setattr(
+        fast_linear, "onednn_linear", lambda *args: calls.append(1) or torch.nn.functional.linear(*args)
+    )
     assert main(argv + ["--fast"]) == 0
     assert capsys.readouterr().out == default and default.strip()
     assert calls or not fast_linear.onednn_available()
@@ -74,8 +94,23 @@ def test_fast_gives_the_same_answer(checkpoint, image_file, capsys, monkeypatch)
 
 
 def test_sampling_options_are_reproducible(checkpoint, image_file, capsys):
-    argv = ["generate", "--model", str(checkpoint), "--image", str(image_file), "--max-new-tokens", "6",
-            "--temperature", "1.5", "--top-k", "40", "--top-p", "0.95", "--seed", "3"]
+    argv = [
+        "generate",
+        "--model",
+        str(checkpoint),
+        "--image",
+        str(image_file),
+        "--max-new-tokens",
+        "6",
+        "--temperature",
+        "1.5",
+        "--top-k",
+        "40",
+        "--top-p",
+        "0.95",
+        "--seed",
+        "3",
+    ]
     assert main(argv) == 0
     first = capsys.readouterr().out
     assert main(argv) == 0
@@ -84,19 +119,25 @@ def test_sampling_options_are_reproducible(checkpoint, image_file, capsys):
     assert capsys.readouterr().out != first
 
 
-@pytest.mark.parametrize("flags, expected", [
-    ([], Sampling.greedy()),
-    (["--seed", "3"], Sampling(do_sample=True, seed=3)),
-    (["--temperature", "0.8"], Sampling(do_sample=True, temperature=0.8)),
-    (["--top-k", "40", "--top-p", "0.9"], Sampling(do_sample=True, top_k=40, top_p=0.9)),
-    (["--temperature", "1.5", "--top-k", "40", "--top-p", "0.95", "--seed", "3"],
-     Sampling(do_sample=True, temperature=1.5, top_k=40, top_p=0.95, seed=3)),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], Sampling.greedy()),
+        (["--seed", "3"], Sampling(do_sample=True, seed=3)),
+        (["--temperature", "0.8"], Sampling(do_sample=True, temperature=0.8)),
+        (["--top-k", "40", "--top-p", "0.9"], Sampling(do_sample=True, top_k=40, top_p=0.9)),
+        (
+            ["--temperature", "1.5", "--top-k", "40", "--top-p", "0.95", "--seed", "3"],
+            Sampling(do_sample=True, temperature=1.5, top_k=40, top_p=0.95, seed=3),
+        ),
+    ],
+)
 def test_sampling_flags_give_the_settings(checkpoint, image_file, monkeypatch, flags, expected):
     calls = []
     # The module, not the function that pgemma/__init__.py puts under the same name.
-    monkeypatch.setattr(importlib.import_module("pgemma.generate"), "generate",
-                        lambda *args, **kwargs: calls.append(kwargs) or [""])
+    monkeypatch.setattr(
+        importlib.import_module("pgemma.generate"), "generate", lambda *args, **kwargs: calls.append(kwargs) or [""]
+    )
     assert main(["generate", "--model", str(checkpoint), "--image", str(image_file), *flags]) == 0
     assert [call["sampling"] for call in calls] == [expected]
 
@@ -107,7 +148,9 @@ def test_without_image_a_new_scene_is_drawn_saved_and_answered(checkpoint, tmp_p
     captured = capsys.readouterr()
     [scene] = tmp_path.glob("scene_*.png")
     assert split_of(int(scene.stem.removeprefix("scene_"))) == "heldout"
-    assert captured.err == f"pgemma: no --image given: drew scene {scene.stem[6:]} of the shapes world, saved to {scene}\n"
+    assert (
+        captured.err == f"pgemma: no --image given: drew scene {scene.stem[6:]} of the shapes world, saved to {scene}\n"
+    )
     expected = generate(load_model(checkpoint), load_processor(checkpoint), scene, "caption en", max_new_tokens=5)[0]
     assert captured.out == expected + "\n"
 
@@ -121,13 +164,18 @@ def test_without_model_a_missing_shipped_model_is_named(image_file, monkeypatch,
     assert captured.out == ""
 
 
-@pytest.mark.skipif(SHIPPED_MISSING, reason=f"the shipped model is not in {shipped.shipped_model_folder()} "
-                                            "(train it: python -m pgemma.train)")
-@pytest.mark.parametrize("prompt, pattern", [
-    ("caption en", r"a (red|green|blue|yellow) (circle|square|triangle)( left of a \w+ \w+)?"),
-    ("answer en how many shapes?", r"\d"),
-    ("detect circle ; square ; triangle", r".*<loc\d{4}>.*"),  # the scene may lack some kinds
-])
+@pytest.mark.skipif(
+    SHIPPED_MISSING,
+    reason=f"the shipped model is not in {shipped.shipped_model_folder()} (train it: python -m pgemma.train)",
+)
+@pytest.mark.parametrize(
+    "prompt, pattern",
+    [
+        ("caption en", r"a (red|green|blue|yellow) (circle|square|triangle)( left of a \w+ \w+)?"),
+        ("answer en how many shapes?", r"\d"),
+        ("detect circle ; square ; triangle", r".*<loc\d{4}>.*"),  # the scene may lack some kinds
+    ],
+)
 def test_no_arguments_use_the_shipped_model_on_a_new_scene(tmp_path, monkeypatch, capsys, prompt, pattern):
     monkeypatch.chdir(tmp_path)
     assert main(["generate", "--prompt", prompt]) == 0
@@ -139,29 +187,42 @@ def test_no_arguments_use_the_shipped_model_on_a_new_scene(tmp_path, monkeypatch
 @pytest.mark.slow
 @pytest.mark.skipif(SHIPPED_MISSING, reason="the shipped model is not installed")
 def test_python_m_pgemma_generate_with_no_arguments(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pgemma", "generate"], capture_output=True, text=True,
-                            timeout=120, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "pgemma", "generate"], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("a ") and len(list(tmp_path.glob("scene_*.png"))) == 1
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "{missing}", "--image", "{image}"], "does not exist or is not a folder"),
-    (["--model", "{checkpoint}", "--image", "{missing}"], "does not exist or is not a file"),
-    (["--model", "{checkpoint}", "--image", "{empty}"], "is empty"),
-    (["--model", "{image_folder}", "--image", "{image}"], "no config.json"),
-    (["--model", "{checkpoint}", "--image", "{image}", "--top-p", "2"], "top_p must be in (0, 1]"),
-    (["--model", "{checkpoint}", "--image", "{image}", "--top-k", "0"], "top_k must be a positive int, got 0"),
-    (["--model", "{checkpoint}", "--image", "{image}", "--temperature", "nan"],
-     "temperature must be a finite number, got nan"),
-    (["--model", "{checkpoint}", "--image", "{image}", "--device", "nonsense"], "is not a torch device"),
-    (["--model", "{checkpoint}", "--image", "{image}", "--prompt", "a very long prompt " * 40],
-     "longer than the model's context of 128"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "{missing}", "--image", "{image}"], "does not exist or is not a folder"),
+        (["--model", "{checkpoint}", "--image", "{missing}"], "does not exist or is not a file"),
+        (["--model", "{checkpoint}", "--image", "{empty}"], "is empty"),
+        (["--model", "{image_folder}", "--image", "{image}"], "no config.json"),
+        (["--model", "{checkpoint}", "--image", "{image}", "--top-p", "2"], "top_p must be in (0, 1]"),
+        (["--model", "{checkpoint}", "--image", "{image}", "--top-k", "0"], "top_k must be a positive int, got 0"),
+        (
+            ["--model", "{checkpoint}", "--image", "{image}", "--temperature", "nan"],
+            "temperature must be a finite number, got nan",
+        ),
+        (["--model", "{checkpoint}", "--image", "{image}", "--device", "nonsense"], "is not a torch device"),
+        (
+            ["--model", "{checkpoint}", "--image", "{image}", "--prompt", "a very long prompt " * 40],
+            "longer than the model's context of 128",
+        ),
+    ],
+)
 def test_bad_input_exits_2_with_a_message(checkpoint, image_file, tmp_path, capsys, args, message):
     (tmp_path / "empty.png").write_bytes(b"")
-    paths = {"checkpoint": checkpoint, "image": image_file, "missing": tmp_path / "missing",
-             "empty": tmp_path / "empty.png", "image_folder": image_file.parent}
+    paths = {
+        "checkpoint": checkpoint,
+        "image": image_file,
+        "missing": tmp_path / "missing",
+        "empty": tmp_path / "empty.png",
+        "image_folder": image_file.parent,
+    }
     assert main(["generate", *(a.format(**paths) for a in args)]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("pgemma: error: ") and message in captured.err

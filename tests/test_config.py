@@ -9,26 +9,63 @@ from pgemma.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig, load
 
 # google/paligemma-3b-pt-224's config.json as published on the hub (transformers 4.41 era).
 HUB_3B_224 = {
-    "architectures": ["PaliGemmaForConditionalGeneration"], "bos_token_id": 2, "eos_token_id": 1,
-    "hidden_size": 2048, "ignore_index": -100, "image_token_index": 257152, "model_type": "paligemma",
-    "pad_token_id": 0, "projection_dim": 2048, "torch_dtype": "float32", "transformers_version": "4.41.0.dev0",
-    "text_config": {"hidden_size": 2048, "intermediate_size": 16384, "model_type": "gemma",
-                    "num_attention_heads": 8, "num_hidden_layers": 18, "num_image_tokens": 256,
-                    "num_key_value_heads": 1, "torch_dtype": "float32", "vocab_size": 257216},
-    "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "model_type": "siglip_vision_model",
-                      "num_attention_heads": 16, "num_hidden_layers": 27, "num_image_tokens": 256,
-                      "patch_size": 14, "projection_dim": 2048, "projector_hidden_act": "gelu_fast",
-                      "vision_use_head": False},
+    "architectures": ["PaliGemmaForConditionalGeneration"],
+    "bos_token_id": 2,
+    "eos_token_id": 1,
+    "hidden_size": 2048,
+    "ignore_index": -100,
+    "image_token_index": 257152,
+    "model_type": "paligemma",
+    "pad_token_id": 0,
+    "projection_dim": 2048,
+    "torch_dtype": "float32",
+    "transformers_version": "4.41.0.dev0",
+    "text_config": {
+        "hidden_size": 2048,
+        "intermediate_size": 16384,
+        "model_type": "gemma",
+        "num_attention_heads": 8,
+        "num_hidden_layers": 18,
+        "num_image_tokens": 256,
+        "num_key_value_heads": 1,
+        "torch_dtype": "float32",
+        "vocab_size": 257216,
+    },
+    "vision_config": {
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "model_type": "siglip_vision_model",
+        "num_attention_heads": 16,
+        "num_hidden_layers": 27,
+        "num_image_tokens": 256,
+        "patch_size": 14,
+        "projection_dim": 2048,
+        "projector_hidden_act": "gelu_fast",
+        "vision_use_head": False,
+    },
 }
 
 
 def test_3b_preset_has_the_real_numbers():
     config = PaliGemmaConfig.paligemma_3b_224()
     vision, text = config.vision_config, config.text_config
-    assert (vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads, vision.intermediate_size,
-            vision.image_size, vision.patch_size) == (1152, 27, 16, 4304, 224, 14)
-    assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads, text.num_key_value_heads,
-            text.head_dim, text.intermediate_size, text.vocab_size) == (2048, 18, 8, 1, 256, 16384, 257216)
+    assert (
+        vision.hidden_size,
+        vision.num_hidden_layers,
+        vision.num_attention_heads,
+        vision.intermediate_size,
+        vision.image_size,
+        vision.patch_size,
+    ) == (1152, 27, 16, 4304, 224, 14)
+    assert (
+        text.hidden_size,
+        text.num_hidden_layers,
+        text.num_attention_heads,
+        text.num_key_value_heads,
+        text.head_dim,
+        text.intermediate_size,
+        text.vocab_size,
+    ) == (2048, 18, 8, 1, 256, 16384, 257216)
     assert config.num_image_tokens == 256 and config.image_token_index == 257152
 
 
@@ -56,39 +93,73 @@ def _from_transformers(hf) -> PaliGemmaConfig:
     for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
         value = getattr(hf, key, None)
         special[key] = getattr(hf.text_config, key) if value is None else value
-    return PaliGemmaConfig(SiglipVisionConfig(**vision), GemmaConfig(**text), projection_dim=hf.projection_dim,
-                           image_token_index=hf.image_token_index, **special)
+    return PaliGemmaConfig(
+        SiglipVisionConfig(**vision),
+        GemmaConfig(**text),
+        projection_dim=hf.projection_dim,
+        image_token_index=hf.image_token_index,
+        **special,
+    )
 
 
-@pytest.mark.parametrize("config_json", [
-    HUB_3B_224,
-    {"model_type": "paligemma"},
-    {"model_type": "paligemma", "image_token_index": 255999, "projection_dim": 3072,
-     "text_config": {"model_type": "gemma"}, "vision_config": {"vision_use_head": False}},
-    {"model_type": "paligemma", "image_token_index": 100, "projection_dim": 64,
-     "text_config": {"hidden_size": 64, "vocab_size": 128, "rope_theta": 500.0, "hidden_act": "gelu"},
-     "vision_config": {"vision_use_head": False, "image_size": 32, "patch_size": 8}},
-    PaliGemmaConfig.tiny().to_hf_dict(),
-], ids=["hub_3b", "empty", "class_defaults", "legacy_keys", "tiny"])
+@pytest.mark.parametrize(
+    "config_json",
+    [
+        HUB_3B_224,
+        {"model_type": "paligemma"},
+        {
+            "model_type": "paligemma",
+            "image_token_index": 255999,
+            "projection_dim": 3072,
+            "text_config": {"model_type": "gemma"},
+            "vision_config": {"vision_use_head": False},
+        },
+        {
+            "model_type": "paligemma",
+            "image_token_index": 100,
+            "projection_dim": 64,
+            "text_config": {"hidden_size": 64, "vocab_size": 128, "rope_theta": 500.0, "hidden_act": "gelu"},
+            "vision_config": {"vision_use_head": False, "image_size": 32, "patch_size": 8},
+        },
+        PaliGemmaConfig.tiny().to_hf_dict(),
+    ],
+    ids=["hub_3b", "empty", "class_defaults", "legacy_keys", "tiny"],
+)
 def test_missing_fields_are_filled_as_transformers_does(config_json):
     transformers = pytest.importorskip("transformers")
     hf = transformers.PaliGemmaConfig.from_dict(config_json)
     assert PaliGemmaConfig.from_hf_dict(config_json) == _from_transformers(hf)
 
 
-@pytest.mark.parametrize("config_json, error, message", [
-    ({"model_type": "llava"}, ValueError, "model_type must be 'paligemma', got 'llava'"),
-    ({"model_type": "paligemma", "text_config": {"model_type": "gemma2"}}, ValueError, "PaliGemma 2 .* not supported"),
-    ({"model_type": "paligemma", "vision_config": {}}, ValueError, "vision_use_head must be false"),
-    ({"model_type": "paligemma", "text_config": {"hidden_act": "relu"}}, ValueError, "hidden_act must be"),
-    ({"model_type": "paligemma", "text_config": {"rope_parameters": {"rope_type": "linear", "factor": 2.0}}},
-     ValueError, "only the default RoPE"),
-    ({"model_type": "paligemma", "text_config": {"num_hidden_layers": "18"}}, TypeError,
-     r"text_config.num_hidden_layers must be an int, got '18'"),
-    ({"model_type": "paligemma", "image_token_index": 300000}, ValueError,
-     r"image_token_index \(300000\) must be in \[0, text_config.vocab_size=257152\)"),
-    ([], TypeError, "config must be a dict"),
-])
+@pytest.mark.parametrize(
+    "config_json, error, message",
+    [
+        ({"model_type": "llava"}, ValueError, "model_type must be 'paligemma', got 'llava'"),
+        (
+            {"model_type": "paligemma", "text_config": {"model_type": "gemma2"}},
+            ValueError,
+            "PaliGemma 2 .* not supported",
+        ),
+        ({"model_type": "paligemma", "vision_config": {}}, ValueError, "vision_use_head must be false"),
+        ({"model_type": "paligemma", "text_config": {"hidden_act": "relu"}}, ValueError, "hidden_act must be"),
+        (
+            {"model_type": "paligemma", "text_config": {"rope_parameters": {"rope_type": "linear", "factor": 2.0}}},
+            ValueError,
+            "only the default RoPE",
+        ),
+        (
+            {"model_type": "paligemma", "text_config": {"num_hidden_layers": "18"}},
+            TypeError,
+            r"text_config.num_hidden_layers must be an int, got '18'",
+        ),
+        (
+            {"model_type": "paligemma", "image_token_index": 300000},
+            ValueError,
+            r"image_token_index \(300000\) must be in \[0, text_config.vocab_size=257152\)",
+        ),
+        ([], TypeError, "config must be a dict"),
+    ],
+)
 def test_bad_config_json_is_refused(config_json, error, message):
     with pytest.raises(error, match=message):
         PaliGemmaConfig.from_hf_dict(config_json)
@@ -97,8 +168,11 @@ def test_bad_config_json_is_refused(config_json, error, message):
 def test_a_stated_number_of_image_tokens_must_match_the_sizes():
     config_json = PaliGemmaConfig.tiny().to_hf_dict()
     config_json["vision_config"]["num_image_tokens"] = 9
-    with pytest.raises(ValueError, match=r"vision_config.num_image_tokens 9 != \(image_size 32 // patch_size 8\) "
-                                         r"\*\* 2 = 16"):
+    with pytest.raises(
+        ValueError,
+        match=r"vision_config.num_image_tokens 9 != \(image_size 32 // patch_size 8\) "
+        r"\*\* 2 = 16",
+    ):
         PaliGemmaConfig.from_hf_dict(config_json)
 
 
@@ -130,16 +204,19 @@ def test_inconsistent_sizes_are_refused():
     with pytest.raises(ValueError, match=r"projection_dim \(2048\) must equal text_config.hidden_size \(64\)"):
         PaliGemmaConfig(text_config=GemmaConfig.tiny(), image_token_index=3)
     with pytest.raises(ValueError, match="16 image tokens leave no room for text"):
-        PaliGemmaConfig(SiglipVisionConfig.tiny(), dataclasses.replace(GemmaConfig.tiny(), max_position_embeddings=16),
-                        projection_dim=64, image_token_index=255)
+        PaliGemmaConfig(
+            SiglipVisionConfig.tiny(),
+            dataclasses.replace(GemmaConfig.tiny(), max_position_embeddings=16),
+            projection_dim=64,
+            image_token_index=255,
+        )
 
 
 def test_special_token_ids_may_live_in_text_config():
     config_json = {**PaliGemmaConfig.tiny().to_hf_dict()}
     for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
         del config_json[key]
-    config_json["text_config"] = {**config_json["text_config"], "pad_token_id": 5, "eos_token_id": 6,
-                                  "bos_token_id": 7}
+    config_json["text_config"] = {**config_json["text_config"], "pad_token_id": 5, "eos_token_id": 6, "bos_token_id": 7}
     config = PaliGemmaConfig.from_hf_dict(config_json)
     assert (config.pad_token_id, config.eos_token_id, config.bos_token_id) == (5, 6, 7)
 

@@ -7,9 +7,19 @@ import torch
 import torch.nn.functional as F
 
 from pgemma.config import SiglipVisionConfig
-from pgemma.contrastive import (INIT_BIAS, INIT_LOG_TEMPERATURE, ContrastiveImageTower, ContrastiveTextTower,
-                                SiglipMultiheadAttentionPoolingHead, chunked_sigmoid_loss, clip_loss, mean_pool,
-                                peak_memory, run_ring_sigmoid_loss, sigmoid_loss)
+from pgemma.contrastive import (
+    INIT_BIAS,
+    INIT_LOG_TEMPERATURE,
+    ContrastiveImageTower,
+    ContrastiveTextTower,
+    SiglipMultiheadAttentionPoolingHead,
+    chunked_sigmoid_loss,
+    clip_loss,
+    mean_pool,
+    peak_memory,
+    run_ring_sigmoid_loss,
+    sigmoid_loss,
+)
 
 
 def embeddings(batch: int, width: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -20,10 +30,15 @@ def embeddings(batch: int, width: int = 16, seed: int = 0) -> tuple[torch.Tensor
     return image, text
 
 
-def loss_and_grads(loss_fn, image: torch.Tensor, text: torch.Tensor, log_t: float = INIT_LOG_TEMPERATURE,
-                   bias: float = INIT_BIAS) -> list[torch.Tensor]:
-    leaves = [image.clone().requires_grad_(), text.clone().requires_grad_(),
-              torch.tensor(log_t, requires_grad=True), torch.tensor(bias, requires_grad=True)]
+def loss_and_grads(
+    loss_fn, image: torch.Tensor, text: torch.Tensor, log_t: float = INIT_LOG_TEMPERATURE, bias: float = INIT_BIAS
+) -> list[torch.Tensor]:
+    leaves = [
+        image.clone().requires_grad_(),
+        text.clone().requires_grad_(),
+        torch.tensor(log_t, requires_grad=True),
+        torch.tensor(bias, requires_grad=True),
+    ]
     loss = loss_fn(*leaves)
     loss.backward()
     return [loss.detach()] + [leaf.grad for leaf in leaves]
@@ -97,6 +112,7 @@ def test_peak_memory_counts_live_tensors_and_ignores_views():
         c = torch.ones(500)  # 2000 bytes, alive together with a
         del a, b, c
         torch.ones(100)  # 400 bytes after the others are freed
+
     assert peak_memory(work) == 6000
 
 
@@ -126,12 +142,17 @@ def test_mean_pool_shape_and_value():
 def test_attention_pooling_head_matches_transformers():
     modeling = pytest.importorskip("transformers.models.siglip.modeling_siglip")
     from transformers import SiglipVisionConfig as HFSiglipVisionConfig
+
     config = SiglipVisionConfig.tiny()
     torch.manual_seed(0)
     ours = SiglipMultiheadAttentionPoolingHead(config).eval()
-    hf_config = HFSiglipVisionConfig(hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-                                     num_attention_heads=config.num_attention_heads,
-                                     layer_norm_eps=config.layer_norm_eps, hidden_act="gelu_pytorch_tanh")
+    hf_config = HFSiglipVisionConfig(
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_attention_heads=config.num_attention_heads,
+        layer_norm_eps=config.layer_norm_eps,
+        hidden_act="gelu_pytorch_tanh",
+    )
     theirs = modeling.SiglipMultiheadAttentionPoolingHead(hf_config).eval()
     theirs.load_state_dict(ours.state_dict())  # same parameter names, strict
     hidden = torch.randn(3, config.num_patches, config.hidden_size)  # (B, P, D)
@@ -169,17 +190,22 @@ def test_figures_draw_and_the_sigmoid_pairs_title_is_the_loss():
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
     from pgemma.viz import contrastive as viz
+
     image, text = embeddings(6)
     similarity = image @ text.T  # (B, B)
     figure = viz.plot_sigmoid_pairs(similarity, temperature=10.0, bias=-10.0)
     expected = sigmoid_loss(image, text, torch.tensor(math.log(10.0)), torch.tensor(-10.0)).item()
     assert figure.axes[1].get_title() == f"loss = {expected:.2f}"  # axes: probabilities, loss bars, colorbar
-    figures = [figure, viz.plot_similarity_matrix(similarity, [f"c{i}" for i in range(6)]),
-               viz.plot_softmax_directions(similarity * 5),
-               viz.plot_cost_vs_batch([1, 2], {"a": [1.0, 4.0]}, ylabel="bytes", title="t"),
-               viz.plot_attention_pooling(torch.zeros(3, 32, 32), torch.rand(2, 16), patch_size=8)]
-    retrieval = viz.plot_retrieval([8, 32], {"softmax": [[0.1, 0.15], [0.2, 0.1]], "sigmoid": [[0.2, 0.25], [0.3, 0.3]]},
-                                   chance=0.05)
+    figures = [
+        figure,
+        viz.plot_similarity_matrix(similarity, [f"c{i}" for i in range(6)]),
+        viz.plot_softmax_directions(similarity * 5),
+        viz.plot_cost_vs_batch([1, 2], {"a": [1.0, 4.0]}, ylabel="bytes", title="t"),
+        viz.plot_attention_pooling(torch.zeros(3, 32, 32), torch.rand(2, 16), patch_size=8),
+    ]
+    retrieval = viz.plot_retrieval(
+        [8, 32], {"softmax": [[0.1, 0.15], [0.2, 0.1]], "sigmoid": [[0.2, 0.25], [0.3, 0.3]]}, chance=0.05
+    )
     assert [bar.get_height() for bar in retrieval.axes[0].patches] == pytest.approx([0.125, 0.15, 0.225, 0.3])  # means
     assert sum(len(dots.get_offsets()) for dots in retrieval.axes[0].collections) == 8  # one dot per seed
     figures.append(retrieval)

@@ -1,8 +1,8 @@
 """The three dependency lists agree: pyproject.toml (bounds), requirements.txt and environment.yml (pins)."""
 
 import re
-import tomllib
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 
@@ -44,15 +44,17 @@ def test_requirements_pin_every_direct_dependency_within_its_bounds():
     pins = requirements_pins()
     for name, requirement in direct_dependencies().items():
         assert name in pins, f"requirements.txt does not pin {name}"
-        assert requirement.specifier.contains(pins[name], prereleases=True), \
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
             f"requirements.txt pins {name}=={pins[name]}, outside pyproject's {requirement.specifier}"
+        )
     assert pins["torch"] == "2.13.0", "keep torch pinned to the CPU build 2.13.0"
 
 
 def test_environment_yml_lists_the_same_packages_with_the_same_pins():
     environment, pins = environment_pins(), requirements_pins()
-    assert set(environment) == set(direct_dependencies()), \
+    assert set(environment) == set(direct_dependencies()), (
         f"environment.yml and pyproject.toml list different packages: {set(environment) ^ set(direct_dependencies())}"
+    )
     drifted = {name: (version, pins.get(name)) for name, version in environment.items() if pins.get(name) != version}
     assert not drifted, f"environment.yml pins differ from requirements.txt (env, req): {drifted}"
 

@@ -15,8 +15,9 @@ from pgemma.siglip import SiglipAttention
 
 def greedy(model, inputs: dict, padded: bool) -> torch.Tensor:
     attention_mask = inputs["attention_mask"] if padded else torch.ones_like(inputs["attention_mask"])
-    batch = ProcessorBatch(inputs["input_ids"], attention_mask, torch.zeros_like(inputs["input_ids"]),
-                           inputs["pixel_values"], None)
+    batch = ProcessorBatch(
+        inputs["input_ids"], attention_mask, torch.zeros_like(inputs["input_ids"]), inputs["pixel_values"], None
+    )
     return torch.stack(list(generate_tokens(model, batch, max_new_tokens=6)), dim=1)
 
 
@@ -32,8 +33,9 @@ def test_prepared_model_gives_the_reference_logits_and_greedy_tokens(config, mon
     assert len(attentions) == config.vision_config.num_hidden_layers + config.text_config.num_hidden_layers
     assert all(m.use_sdpa for m in attentions)  # PyTorch's fused kernel in both towers
     layers = model.language_model.model.layers
-    assert all(isinstance(layer.self_attn, FusedGemmaAttention) and isinstance(layer.mlp, FusedGemmaMLP)
-               for layer in layers)
+    assert all(
+        isinstance(layer.self_attn, FusedGemmaAttention) and isinstance(layer.mlp, FusedGemmaMLP) for layer in layers
+    )
     assert any(isinstance(m, FastLinear) for m in model.modules()) == fast_linear.onednn_available()
     inputs = make_inputs(config)
     with torch.no_grad():
@@ -59,4 +61,3 @@ def test_compiling_without_a_cpp_compiler_says_so(monkeypatch, configs, random_m
     monkeypatch.setattr(compiled.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match=r"compile_decoder needs a C\+\+ compiler"):
         prepare_for_speed(random_model(configs["multi_query"]), compile_decoder=True)
-

@@ -36,8 +36,13 @@ def test_compiled_model_generates_the_eager_models_tokens(monkeypatch, configs, 
     with torch.inference_mode():
         torch.testing.assert_close(model(**inputs).logits, eager(**inputs).logits, rtol=1e-5, atol=1e-5)
     for rows in (slice(0, 1), slice(0, 2)):  # batch 1 without padding, batch 2 with it
-        batch = ProcessorBatch(inputs["input_ids"][rows], inputs["attention_mask"][rows],
-                               torch.zeros_like(inputs["input_ids"][rows]), inputs["pixel_values"][rows], None)
+        batch = ProcessorBatch(
+            inputs["input_ids"][rows],
+            inputs["attention_mask"][rows],
+            torch.zeros_like(inputs["input_ids"][rows]),
+            inputs["pixel_values"][rows],
+            None,
+        )
         tokens = [torch.stack(list(generate_tokens(m, batch, max_new_tokens=8)), dim=1) for m in (eager, model)]
         assert torch.equal(*tokens)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 2  # compiled: the prefill, the decode step
@@ -45,6 +50,9 @@ def test_compiled_model_generates_the_eager_models_tokens(monkeypatch, configs, 
 
 def test_without_a_cpp_compiler_the_error_says_so(monkeypatch, configs, random_model):
     monkeypatch.setattr(compiled.shutil, "which", lambda name: None)
-    with pytest.raises(RuntimeError, match=r"needs a C\+\+ compiler for torch.compile \(none of \$CXX, g\+\+, "
-                                           r"clang\+\+ was found\)"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"needs a C\+\+ compiler for torch.compile \(none of \$CXX, g\+\+, "
+        r"clang\+\+ was found\)",
+    ):
         compile_decoder(random_model(configs["multi_query"]))

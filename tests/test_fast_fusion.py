@@ -8,8 +8,7 @@ from torch import nn
 
 from pgemma.config import GemmaConfig
 from pgemma.fast import linear as fast_linear
-from pgemma.fast.fusion import (FusedGemmaAttention, FusedGemmaMLP, FusedProjections, fuse_projections,
-                                fused_projections)
+from pgemma.fast.fusion import FusedGemmaAttention, FusedGemmaMLP, FusedProjections, fuse_projections, fused_projections
 from pgemma.gemma import GemmaAttention, GemmaForCausalLM, GemmaMLP
 from pgemma.generate import generate_tokens
 from pgemma.processor import ProcessorBatch
@@ -24,8 +23,9 @@ def count_fused_calls(monkeypatch) -> list[int]:
 
 def greedy(model, inputs: dict, new_tokens: int = 6, padded: bool = True) -> torch.Tensor:
     attention_mask = inputs["attention_mask"] if padded else torch.ones_like(inputs["attention_mask"])
-    batch = ProcessorBatch(inputs["input_ids"], attention_mask, torch.zeros_like(inputs["input_ids"]),
-                           inputs["pixel_values"], None)
+    batch = ProcessorBatch(
+        inputs["input_ids"], attention_mask, torch.zeros_like(inputs["input_ids"]), inputs["pixel_values"], None
+    )
     return torch.stack(list(generate_tokens(model, batch, max_new_tokens=new_tokens)), dim=1)
 
 
@@ -56,15 +56,18 @@ def test_weights_become_views_no_parameter_or_key_changes(configs, random_model)
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
     attention = model.language_model.model.layers[0].self_attn
     fused = attention.qkv
-    assert fused.weight.shape == (attention.q_proj.out_features + 2 * attention.k_proj.out_features,
-                                  config.text_config.hidden_size)
+    assert fused.weight.shape == (
+        attention.q_proj.out_features + 2 * attention.k_proj.out_features,
+        config.text_config.hidden_size,
+    )
     for layer in (attention.q_proj, attention.k_proj, attention.v_proj):  # no weight is stored twice
         assert layer.weight.untyped_storage().data_ptr() == fused.weight.untyped_storage().data_ptr()
     assert len(fused_projections(model)) == 2 * config.text_config.num_hidden_layers
 
 
-def test_training_uses_the_separate_layers_and_updates_the_fused_matrix(monkeypatch, configs, random_model,
-                                                                        make_inputs):
+def test_training_uses_the_separate_layers_and_updates_the_fused_matrix(
+    monkeypatch, configs, random_model, make_inputs
+):
     config = configs["multi_head"]
     plain, fused = random_model(config, seed=2), fuse_projections(random_model(config, seed=2))
     calls = count_fused_calls(monkeypatch)
@@ -107,8 +110,15 @@ def test_only_small_groups_are_fused(configs, random_model):
     assert type(layer.self_attn) is FusedGemmaAttention  # smaller than gate/up
     # The default limit: 128 x 512 (the shipped model's size) is fused, 1024 x 1024 is not.
     for width, fused in ((128, True), (1024, False)):
-        text = GemmaConfig(vocab_size=16, hidden_size=width, intermediate_size=width * 4 if fused else width,
-                           num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, head_dim=64)
+        text = GemmaConfig(
+            vocab_size=16,
+            hidden_size=width,
+            intermediate_size=width * 4 if fused else width,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=64,
+        )
         decoder = fuse_projections(GemmaForCausalLM(text))
         assert isinstance(decoder.model.layers[0].mlp, FusedGemmaMLP) == fused
 
@@ -141,8 +151,9 @@ def test_loading_weights_into_a_fused_model_reaches_the_fused_matrix(monkeypatch
     calls.clear()
     fused.load_state_dict(random_model(config, seed=7).state_dict(), assign=True)  # new Parameters: no views
     with torch.no_grad():
-        torch.testing.assert_close(fused(**inputs).logits, random_model(config, seed=7)(**inputs).logits,
-                                   rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(
+            fused(**inputs).logits, random_model(config, seed=7)(**inputs).logits, rtol=1e-6, atol=1e-6
+        )
     assert not calls
 
 

@@ -50,8 +50,11 @@ def test_a_shape_that_fails_to_compile_warns_once_and_returns_none(monkeypatch):
 
     monkeypatch.setattr(gemv, "compiled_multiply_and_sum", lambda: broken)
     weight, x = torch.randn(24, 16), torch.randn(1, 16)
-    with pytest.warns(RuntimeWarning, match=r"no compiled product for a 24 x 16 weight \(RuntimeError: no C\+\+ "
-                                            r"compiler\); its one-row products use another kernel"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"no compiled product for a 24 x 16 weight \(RuntimeError: no C\+\+ "
+        r"compiler\); its one-row products use another kernel",
+    ):
         assert gemv.gemv(x, weight) is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the second time: no warning, still None
@@ -90,12 +93,14 @@ def test_linear_uses_gemv_for_one_row_of_a_large_matrix_and_falls_back_when_it_c
     calls = []
     monkeypatch.setattr(fast_linear, "gemv", lambda *args: calls.append(1) or gemv.gemv(*args))
     with torch.inference_mode():
-        torch.testing.assert_close(fast_linear.linear(one_row, weight, bias), F.linear(one_row, weight, bias),
-                                   rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(
+            fast_linear.linear(one_row, weight, bias), F.linear(one_row, weight, bias), rtol=1e-5, atol=1e-4
+        )
         assert calls == [1]
         monkeypatch.setattr(fast_linear, "gemv", lambda *args: None)  # could not compile
-        torch.testing.assert_close(fast_linear.linear(one_row, weight, bias), F.linear(one_row, weight, bias),
-                                   rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(
+            fast_linear.linear(one_row, weight, bias), F.linear(one_row, weight, bias), rtol=1e-5, atol=1e-4
+        )
 
 
 @needs_compiler
@@ -108,8 +113,13 @@ def test_decoding_with_gemv_gives_the_plain_models_tokens(monkeypatch, configs, 
     config = configs["grouped_query"]
     plain, fast = random_model(config, seed=1), use_fast_linear(random_model(config, seed=1))
     inputs = make_inputs(config)
-    batch = ProcessorBatch(inputs["input_ids"][:1], inputs["attention_mask"][:1],
-                           torch.zeros_like(inputs["input_ids"][:1]), inputs["pixel_values"][:1], None)
+    batch = ProcessorBatch(
+        inputs["input_ids"][:1],
+        inputs["attention_mask"][:1],
+        torch.zeros_like(inputs["input_ids"][:1]),
+        inputs["pixel_values"][:1],
+        None,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every shape compiled
         greedy = [torch.stack(list(generate_tokens(m, batch, max_new_tokens=6)), dim=1) for m in (plain, fast)]

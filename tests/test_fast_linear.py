@@ -19,9 +19,11 @@ pytestmark = pytest.mark.skipif(not onednn_available(), reason="this PyTorch bui
 def test_onednn_linear_equals_f_linear_up_to_rounding():
     generator = torch.Generator().manual_seed(0)
     weight, bias = torch.randn(384, 256, generator=generator), torch.randn(384, generator=generator)
-    for x in (torch.randn(8, 256, generator=generator),
-              torch.randn(3, 5, 256, generator=generator),
-              torch.randn(5, 3, 256, generator=generator).transpose(0, 1)):  # not contiguous
+    for x in (
+        torch.randn(8, 256, generator=generator),
+        torch.randn(3, 5, 256, generator=generator),
+        torch.randn(5, 3, 256, generator=generator).transpose(0, 1),
+    ):  # not contiguous
         torch.testing.assert_close(onednn_linear(x, weight, bias), F.linear(x, weight, bias), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(onednn_linear(x, weight), F.linear(x, weight), rtol=1e-5, atol=1e-4)
 
@@ -52,12 +54,23 @@ def test_swap_keeps_parameters_names_and_the_tied_head(monkeypatch, configs, ran
 
 
 def test_only_large_layers_are_swapped():
-    text = GemmaConfig(vocab_size=1024, hidden_size=256, intermediate_size=1024, num_hidden_layers=1,
-                       num_attention_heads=2, num_key_value_heads=1, head_dim=128)  # embedding 1024 x 256 = 2**18
+    text = GemmaConfig(
+        vocab_size=1024,
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=128,
+    )  # embedding 1024 x 256 = 2**18
     decoder = use_fast_linear(GemmaForCausalLM(text))
     swapped = {name for name, module in decoder.named_modules() if isinstance(module, FastLinear)}
-    assert swapped == {"model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.0.mlp.down_proj",
-                       "lm_head"}  # 1024 x 256 each; the attention projections (256 x 256, 128 x 256) stay
+    assert swapped == {
+        "model.layers.0.mlp.gate_proj",
+        "model.layers.0.mlp.up_proj",
+        "model.layers.0.mlp.down_proj",
+        "lm_head",
+    }  # 1024 x 256 each; the attention projections (256 x 256, 128 x 256) stay
 
 
 def test_swapped_model_matches_the_plain_one(config, monkeypatch, random_model, make_inputs):
@@ -72,8 +85,13 @@ def test_swapped_model_matches_the_plain_one(config, monkeypatch, random_model, 
     assert calls  # oneDNN did run
     torch.testing.assert_close(ours.logits, expected.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours.loss, expected.loss, rtol=1e-5, atol=1e-6)
-    batch = ProcessorBatch(inputs["input_ids"], inputs["attention_mask"], torch.zeros_like(inputs["input_ids"]),
-                           inputs["pixel_values"], None)
+    batch = ProcessorBatch(
+        inputs["input_ids"],
+        inputs["attention_mask"],
+        torch.zeros_like(inputs["input_ids"]),
+        inputs["pixel_values"],
+        None,
+    )
     greedy = [torch.stack(list(generate_tokens(m, batch, max_new_tokens=6)), dim=1) for m in (plain, swapped)]
     assert torch.equal(*greedy)
 

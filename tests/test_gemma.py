@@ -7,7 +7,6 @@ from pgemma.config import GemmaConfig
 from pgemma.masks import decoder_mask
 
 
-
 def test_shapes_and_tied_head(random_decoder):
     config = GemmaConfig.tiny()
     model = random_decoder(config)
@@ -19,8 +18,15 @@ def test_shapes_and_tied_head(random_decoder):
 
 
 def test_embeddings_are_scaled_by_sqrt_width_rounded_to_the_activation_dtype(random_decoder):
-    config = GemmaConfig(vocab_size=8, hidden_size=3072, intermediate_size=4, num_hidden_layers=1,
-                         num_attention_heads=1, num_key_value_heads=1, head_dim=2)
+    config = GemmaConfig(
+        vocab_size=8,
+        hidden_size=3072,
+        intermediate_size=4,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        num_key_value_heads=1,
+        head_dim=2,
+    )
     model = random_decoder(config).to(torch.bfloat16)
     embeds = model.model.embed_tokens(torch.tensor([[1, 2]]))
     _, _, hidden_states = model(embeds, decoder_mask(2, 2), torch.arange(2)[None])
@@ -32,13 +38,28 @@ def test_embeddings_are_scaled_by_sqrt_width_rounded_to_the_activation_dtype(ran
 @pytest.mark.parametrize("kv_heads", [1, 2, 4], ids=["multi_query", "grouped_query", "multi_head"])
 def test_matches_transformers_gemma(kv_heads, random_decoder):
     transformers = pytest.importorskip("transformers")
-    config = GemmaConfig(vocab_size=96, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=kv_heads, head_dim=20,
-                         max_position_embeddings=64)
+    config = GemmaConfig(
+        vocab_size=96,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        head_dim=20,
+        max_position_embeddings=64,
+    )
     hf_config = transformers.GemmaConfig(
-        vocab_size=96, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=kv_heads, head_dim=20, max_position_embeddings=64, hidden_act="gelu_pytorch_tanh",
-        attn_implementation="eager")
+        vocab_size=96,
+        hidden_size=48,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        head_dim=20,
+        max_position_embeddings=64,
+        hidden_act="gelu_pytorch_tanh",
+        attn_implementation="eager",
+    )
     theirs = transformers.GemmaForCausalLM(hf_config).eval()
     ours = random_decoder(config)
     theirs.load_state_dict(ours.state_dict())  # the same names: model.layers.N..., lm_head
@@ -47,8 +68,9 @@ def test_matches_transformers_gemma(kv_heads, random_decoder):
     with torch.no_grad():
         reference = theirs(input_ids=ids, attention_mask=attention_mask).logits
         # transformers' Gemma counts positions from 0 and ignores padding when none are given.
-        logits, _, _ = ours(ours.model.embed_tokens(ids), decoder_mask(9, 9, attention_mask),
-                            torch.arange(9).expand(2, 9))
+        logits, _, _ = ours(
+            ours.model.embed_tokens(ids), decoder_mask(9, 9, attention_mask), torch.arange(9).expand(2, 9)
+        )
     assert (logits - reference).abs().max() <= 1e-5
 
 

@@ -59,20 +59,27 @@ def test_greedy_matches_transformers_generate(checkpoint, model, batch):
     hf_model = load_reference_model(checkpoint)
     with torch.no_grad():
         expected = hf_model.generate(
-            input_ids=batch.input_ids, pixel_values=batch.pixel_values, attention_mask=batch.attention_mask,
-            token_type_ids=batch.token_type_ids, do_sample=False, max_new_tokens=NEW_TOKENS,
+            input_ids=batch.input_ids,
+            pixel_values=batch.pixel_values,
+            attention_mask=batch.attention_mask,
+            token_type_ids=batch.token_type_ids,
+            do_sample=False,
+            max_new_tokens=NEW_TOKENS,
             min_new_tokens=NEW_TOKENS,  # transformers would stop at <eos>; we compare every step
-        )[:, batch.input_ids.shape[1]:]
+        )[:, batch.input_ids.shape[1] :]
     ours = run(model, batch, max_new_tokens=NEW_TOKENS)
     assert torch.equal(ours[:, :NEW_TOKENS], expected)
 
 
 def test_cached_matches_uncached_oracle(model, batch):
-    assert torch.equal(run(model, batch, max_new_tokens=NEW_TOKENS),
-                       run(model, batch, max_new_tokens=NEW_TOKENS, use_cache=False))
+    assert torch.equal(
+        run(model, batch, max_new_tokens=NEW_TOKENS), run(model, batch, max_new_tokens=NEW_TOKENS, use_cache=False)
+    )
     sampled = Sampling(do_sample=True, temperature=1.5, top_k=50, top_p=0.95, seed=7)
-    assert torch.equal(run(model, batch, max_new_tokens=NEW_TOKENS, sampling=sampled),
-                       run(model, batch, max_new_tokens=NEW_TOKENS, sampling=sampled, use_cache=False))
+    assert torch.equal(
+        run(model, batch, max_new_tokens=NEW_TOKENS, sampling=sampled),
+        run(model, batch, max_new_tokens=NEW_TOKENS, sampling=sampled, use_cache=False),
+    )
 
 
 def test_decode_step_is_forward_with_one_new_token(model, batch):
@@ -81,8 +88,15 @@ def test_decode_step_is_forward_with_one_new_token(model, batch):
     positions = batch.attention_mask.cumsum(-1).clamp(min=1)
     with torch.inference_mode():
         cache = KVCache.empty(model.config.text_config, batch_size, length + 1)
-        prefill = model(batch.input_ids, batch.pixel_values, batch.attention_mask, batch.token_type_ids, positions,
-                        cache, logits_to_keep=1)
+        prefill = model(
+            batch.input_ids,
+            batch.pixel_values,
+            batch.attention_mask,
+            batch.token_type_ids,
+            positions,
+            cache,
+            logits_to_keep=1,
+        )
         new_ids = prefill.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
         mask = torch.cat([batch.attention_mask, torch.ones_like(new_ids)], dim=-1)
         position = positions[:, -1:] + 1
@@ -128,10 +142,18 @@ class EndsRowZero(nn.Module):
         self.language_model = model.language_model
         self.prompt_length, self.after = prompt_length, after
 
-    def forward(self, input_ids, pixel_values, attention_mask, token_type_ids, position_ids, kv_cache,
-                logits_to_keep=None):
-        output = self.model(input_ids, pixel_values, attention_mask, token_type_ids, position_ids, kv_cache,
-                            logits_to_keep=logits_to_keep)
+    def forward(
+        self, input_ids, pixel_values, attention_mask, token_type_ids, position_ids, kv_cache, logits_to_keep=None
+    ):
+        output = self.model(
+            input_ids,
+            pixel_values,
+            attention_mask,
+            token_type_ids,
+            position_ids,
+            kv_cache,
+            logits_to_keep=logits_to_keep,
+        )
         return self.prefer_eos(output, attention_mask.shape[1])
 
     @torch.inference_mode()
@@ -167,8 +189,14 @@ def test_generation_ends_when_every_row_has_finished(model, processor):
 
 def test_generate_streams_what_it_returns(model, processor):
     pieces: list[list[str]] = [[], []]
-    answers = generate(model, processor, images(), PROMPTS, max_new_tokens=NEW_TOKENS,
-                       stream=lambda row, text: pieces[row].append(text))
+    answers = generate(
+        model,
+        processor,
+        images(),
+        PROMPTS,
+        max_new_tokens=NEW_TOKENS,
+        stream=lambda row, text: pieces[row].append(text),
+    )
     assert ["".join(p) for p in pieces] == answers
     assert all(len(p) > 1 for p in pieces)  # it arrived in several pieces, not at the end
     greedy = run(model, processor(images(), PROMPTS), max_new_tokens=NEW_TOKENS)
@@ -220,29 +248,32 @@ def test_sample_next_token_follows_the_distribution():
     assert sample_next_token(logits[:2]).tolist() == [1, 1]
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(temperature=0.7), "temperature=0.7 only applies when sampling; pass do_sample=True"),
-    (dict(top_k=5), "top_k=5 only applies when sampling; pass do_sample=True"),
-    (dict(top_p=0.9), "top_p=0.9 only applies when sampling; pass do_sample=True"),
-    (dict(seed=0), "seed=0 only applies when sampling; pass do_sample=True"),
-    (dict(do_sample=1), "do_sample must be True or False, got 1"),
-    (dict(do_sample=True, temperature=0.0), "temperature must be > 0, got 0.0; use do_sample=False for greedy"),
-    (dict(do_sample=True, temperature=-1), "temperature must be > 0, got -1"),
-    (dict(do_sample=True, temperature=math.nan), "temperature must be a finite number, got nan"),
-    (dict(do_sample=True, temperature=math.inf), "temperature must be a finite number, got inf"),
-    (dict(do_sample=True, temperature=True), "temperature must be a finite number, got True"),
-    (dict(do_sample=True, temperature="hot"), "temperature must be a finite number, got 'hot'"),
-    (dict(do_sample=True, top_k=0), "top_k must be a positive int, got 0"),
-    (dict(do_sample=True, top_k=2.0), "top_k must be a positive int, got 2.0"),
-    (dict(do_sample=True, top_k=True), "top_k must be a positive int, got True"),
-    (dict(do_sample=True, top_p=1.5), "top_p must be in (0, 1], got 1.5"),
-    (dict(do_sample=True, top_p=0), "top_p must be in (0, 1], got 0"),
-    (dict(do_sample=True, top_p=math.nan), "top_p must be in (0, 1], got nan"),
-    (dict(do_sample=True, top_p=math.inf), "top_p must be in (0, 1], got inf"),
-    (dict(do_sample=True, top_p=True), "top_p must be in (0, 1], got True"),
-    (dict(do_sample=True, seed=True), "seed must be an int, got True"),
-    (dict(do_sample=True, seed=1.5), "seed must be an int, got 1.5"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(temperature=0.7), "temperature=0.7 only applies when sampling; pass do_sample=True"),
+        (dict(top_k=5), "top_k=5 only applies when sampling; pass do_sample=True"),
+        (dict(top_p=0.9), "top_p=0.9 only applies when sampling; pass do_sample=True"),
+        (dict(seed=0), "seed=0 only applies when sampling; pass do_sample=True"),
+        (dict(do_sample=1), "do_sample must be True or False, got 1"),
+        (dict(do_sample=True, temperature=0.0), "temperature must be > 0, got 0.0; use do_sample=False for greedy"),
+        (dict(do_sample=True, temperature=-1), "temperature must be > 0, got -1"),
+        (dict(do_sample=True, temperature=math.nan), "temperature must be a finite number, got nan"),
+        (dict(do_sample=True, temperature=math.inf), "temperature must be a finite number, got inf"),
+        (dict(do_sample=True, temperature=True), "temperature must be a finite number, got True"),
+        (dict(do_sample=True, temperature="hot"), "temperature must be a finite number, got 'hot'"),
+        (dict(do_sample=True, top_k=0), "top_k must be a positive int, got 0"),
+        (dict(do_sample=True, top_k=2.0), "top_k must be a positive int, got 2.0"),
+        (dict(do_sample=True, top_k=True), "top_k must be a positive int, got True"),
+        (dict(do_sample=True, top_p=1.5), "top_p must be in (0, 1], got 1.5"),
+        (dict(do_sample=True, top_p=0), "top_p must be in (0, 1], got 0"),
+        (dict(do_sample=True, top_p=math.nan), "top_p must be in (0, 1], got nan"),
+        (dict(do_sample=True, top_p=math.inf), "top_p must be in (0, 1], got inf"),
+        (dict(do_sample=True, top_p=True), "top_p must be in (0, 1], got True"),
+        (dict(do_sample=True, seed=True), "seed must be an int, got True"),
+        (dict(do_sample=True, seed=1.5), "seed must be an int, got 1.5"),
+    ],
+)
 def test_sampling_refuses_bad_settings(options, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         Sampling(**options)
@@ -286,7 +317,9 @@ def test_processor_from_another_checkpoint_is_refused(model, processor, make_tok
         generate(model, other, images(1), "caption en")
     other_tokenizer = make_tokenizer(seg_tokens=True)  # 128 more ids than the model embeds
     with pytest.raises(ValueError, match="the tokenizer has .* ids but the model embeds only"):
-        generate(model, PaliGemmaProcessor(other_tokenizer, image_size=32, num_image_tokens=16), images(1), "caption en")
+        generate(
+            model, PaliGemmaProcessor(other_tokenizer, image_size=32, num_image_tokens=16), images(1), "caption en"
+        )
 
 
 @pytest.mark.parametrize("use_sdpa", [False, True])
@@ -302,7 +335,14 @@ def test_decode_step_without_padding_needs_no_mask(use_sdpa, configs, random_mod
     for step_mask in (mask, None):
         with torch.inference_mode():
             cache = KVCache.empty(config.text_config, batch_size, length + 1)
-            prefill = model(inputs["input_ids"], inputs["pixel_values"], mask[:, :length], inputs["token_type_ids"],
-                            positions, cache, logits_to_keep=1)
+            prefill = model(
+                inputs["input_ids"],
+                inputs["pixel_values"],
+                mask[:, :length],
+                inputs["token_type_ids"],
+                positions,
+                cache,
+                logits_to_keep=1,
+            )
             logits.append(model.decode_step(new_ids, step_mask, positions[:, -1:] + 1, prefill.kv_cache).logits)
     assert torch.equal(*logits)

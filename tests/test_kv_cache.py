@@ -40,13 +40,26 @@ def test_overflow_and_oversized_caches_are_refused():
         KVCache.empty(GemmaConfig.tiny(), batch_size=1, max_length=129)
 
 
-
 @settings(max_examples=10, deadline=None)
-@given(kv_heads=st.sampled_from([1, 2, 4]), batch=st.integers(1, 3), prompt=st.integers(1, 6),
-       steps=st.integers(1, 5), seed=st.integers(0, 2**16), data=st.data())
+@given(
+    kv_heads=st.sampled_from([1, 2, 4]),
+    batch=st.integers(1, 3),
+    prompt=st.integers(1, 6),
+    steps=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+    data=st.data(),
+)
 def test_cached_decoding_equals_recomputation(kv_heads, batch, prompt, steps, seed, data, random_decoder):
-    config = GemmaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=kv_heads, head_dim=8, max_position_embeddings=32)
+    config = GemmaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        head_dim=8,
+        max_position_embeddings=32,
+    )
     model = random_decoder(config, seed)
     length = prompt + steps
     padding = [data.draw(st.integers(0, prompt - 1)) for _ in range(batch)]
@@ -57,12 +70,16 @@ def test_cached_decoding_equals_recomputation(kv_heads, batch, prompt, steps, se
     with torch.no_grad():
         full, _, _ = model(embeds, decoder_mask(length, length, attention_mask, types), positions)
         cache = KVCache.empty(config, batch, length)
-        logits, cache, _ = model(embeds[:, :prompt], decoder_mask(prompt, prompt, attention_mask[:, :prompt],
-                                 types[:, :prompt]), positions[:, :prompt], cache)
+        logits, cache, _ = model(
+            embeds[:, :prompt],
+            decoder_mask(prompt, prompt, attention_mask[:, :prompt], types[:, :prompt]),
+            positions[:, :prompt],
+            cache,
+        )
         pieces = [logits]
         for t in range(prompt, length):
-            mask = decoder_mask(1, t + 1, attention_mask[:, :t + 1], types[:, t:t + 1])
-            logits, cache, _ = model(embeds[:, t:t + 1], mask, positions[:, t:t + 1], cache)
+            mask = decoder_mask(1, t + 1, attention_mask[:, : t + 1], types[:, t : t + 1])
+            logits, cache, _ = model(embeds[:, t : t + 1], mask, positions[:, t : t + 1], cache)
             pieces.append(logits)
     assert cache.length == length
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-5)

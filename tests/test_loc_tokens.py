@@ -27,8 +27,10 @@ def test_round_trip_error_below_one_bin():
 
 
 def test_parse_several_detections_and_segments():
-    text = ("<loc0000><loc0512><loc0256><loc1023> red cat ; "
-            "<loc0100><loc0100><loc0200><loc0200><seg001><seg002> dog ; trailing words")
+    text = (
+        "<loc0000><loc0512><loc0256><loc1023> red cat ; "
+        "<loc0100><loc0100><loc0200><loc0200><seg001><seg002> dog ; trailing words"
+    )
     parsed = parse_loc_tokens(text)
     assert [label for _, label in parsed] == ["red cat", "dog"]
     assert parsed[0][0] == (0.0, 0.5, 0.25, 1023 / 1024)

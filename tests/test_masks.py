@@ -25,22 +25,28 @@ def test_worked_example_prefix_lm():
 
 
 def test_worked_example_queries_after_a_cache():
-    assert torch.equal(causal_mask(2, 5), _grid("""
+    assert torch.equal(
+        causal_mask(2, 5),
+        _grid("""
         1 1 1 1 .
-        1 1 1 1 1"""))
+        1 1 1 1 1"""),
+    )
 
 
 def test_worked_example_left_padding():
     mask = decoder_mask(7, 7, torch.tensor([[0, 1, 1, 1, 1, 1, 1]]), torch.tensor([[0, 0, 0, 0, 0, 1, 1]]))
     assert mask.shape == (1, 1, 7, 7)
-    assert torch.equal(mask[0, 0], _grid("""
+    assert torch.equal(
+        mask[0, 0],
+        _grid("""
         . 1 1 1 1 . .
         . 1 1 1 1 . .
         . 1 1 1 1 . .
         . 1 1 1 1 . .
         . 1 1 1 1 . .
         . 1 1 1 1 1 .
-        . 1 1 1 1 1 1"""))
+        . 1 1 1 1 1 1"""),
+    )
     assert torch.equal(padding_mask(torch.tensor([[0, 0, 1]])), torch.tensor([[False, False, True]]))
 
 
@@ -68,9 +74,14 @@ def test_matches_transformers_paligemma_mask(batch):
     config = transformers.GemmaConfig(hidden_size=8, num_attention_heads=2, head_dim=4)
     config._attn_implementation = "sdpa"  # the boolean form of the mask
     b, t = token_type_ids.shape
-    theirs = create_causal_mask(config=config, inputs_embeds=torch.zeros(b, t, 8), attention_mask=attention_mask,
-                                past_key_values=None, position_ids=torch.arange(t)[None] + 1,
-                                block_sequence_ids=torch.where(token_type_ids == 0, 0, -1))
+    theirs = create_causal_mask(
+        config=config,
+        inputs_embeds=torch.zeros(b, t, 8),
+        attention_mask=attention_mask,
+        past_key_values=None,
+        position_ids=torch.arange(t)[None] + 1,
+        block_sequence_ids=torch.where(token_type_ids == 0, 0, -1),
+    )
     assert torch.equal(decoder_mask(t, t, attention_mask, token_type_ids), theirs)
 
 
@@ -83,8 +94,13 @@ def test_matches_transformers_when_decoding_one_token_after_a_cache():
     cache = transformers.DynamicCache(config=config)
     cache.update(torch.zeros(2, 1, 5, 4), torch.zeros(2, 1, 5, 4), 0)  # 5 cached tokens
     attention_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
-    theirs = create_causal_mask(config=config, inputs_embeds=torch.zeros(2, 1, 8), attention_mask=attention_mask,
-                                past_key_values=cache, position_ids=torch.tensor([[6]]))
+    theirs = create_causal_mask(
+        config=config,
+        inputs_embeds=torch.zeros(2, 1, 8),
+        attention_mask=attention_mask,
+        past_key_values=cache,
+        position_ids=torch.tensor([[6]]),
+    )
     ours = decoder_mask(1, 6, attention_mask, torch.ones(2, 1, dtype=torch.long))
     assert torch.equal(ours, theirs.expand_as(ours))
 
@@ -100,8 +116,8 @@ def test_the_rows_of_new_tokens_after_a_cache_equal_the_full_mask(batch, data):
     suffix_length = int((token_type_ids == 1).all(0).sum())
     new = data.draw(st.integers(1, max(1, suffix_length)))
     full = decoder_mask(length, length, attention_mask, token_type_ids)
-    rows = decoder_mask(new, length, attention_mask, token_type_ids[:, length - new:])
-    assert torch.equal(rows, full[:, :, length - new:])
+    rows = decoder_mask(new, length, attention_mask, token_type_ids[:, length - new :])
+    assert torch.equal(rows, full[:, :, length - new :])
 
 
 @settings(max_examples=30, deadline=None)

@@ -5,8 +5,16 @@ from datetime import datetime
 
 import pytest
 
-from tools.book import (ABSOLUTE_PATH, ROOT, WIDGET_MIME, cell_source, chapter_files,
-                        chapter_notebooks, colab_cell_source, load_notebook)
+from tools.book import (
+    ABSOLUTE_PATH,
+    ROOT,
+    WIDGET_MIME,
+    cell_source,
+    chapter_files,
+    chapter_notebooks,
+    colab_cell_source,
+    load_notebook,
+)
 
 NOTEBOOKS = chapter_notebooks()
 DOWNLOAD = re.compile(r"urlretrieve|requests\.get|urlopen|hf_hub_download|snapshot_download|!wget|!curl")
@@ -22,8 +30,9 @@ def cell_seconds(cell: dict) -> float:
     start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
     if start is None or end is None:
         return 0.0
-    return (datetime.fromisoformat(end.replace("Z", "+00:00"))
-            - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+    return (
+        datetime.fromisoformat(end.replace("Z", "+00:00")) - datetime.fromisoformat(start.replace("Z", "+00:00"))
+    ).total_seconds()
 
 
 def test_every_toc_entry_exists_and_every_chapter_is_listed():
@@ -31,8 +40,7 @@ def test_every_toc_entry_exists_and_every_chapter_is_listed():
     assert listed[0].name == "intro.md"
     missing = [str(path.relative_to(ROOT)) for path in listed if not path.is_file()]
     assert not missing, f"listed in _toc.yml but missing: {missing}"
-    unlisted = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "book").glob("*.ipynb")
-                      if p not in listed)
+    unlisted = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "book").glob("*.ipynb") if p not in listed)
     assert not unlisted, f"notebooks in book/ that _toc.yml does not list: {unlisted}"
     assert NOTEBOOKS, "the book has no chapter notebook"
 
@@ -49,11 +57,11 @@ def test_executed_in_order_with_saved_outputs_and_no_errors(path):
     cells = [c for c in code_cells(load_notebook(path)) if cell_source(c).strip()]
     counts = [cell["execution_count"] for cell in cells]
     assert counts == list(range(1, len(cells) + 1)), f"{path.name}: execution counts {counts}"
-    errors = [out.get("ename") for cell in cells for out in cell["outputs"]
-              if out["output_type"] == "error"]
+    errors = [out.get("ename") for cell in cells for out in cell["outputs"] if out["output_type"] == "error"]
     assert not errors, f"{path.name}: error outputs {errors}"
-    assert any("image/png" in out.get("data", {}) for cell in cells for out in cell["outputs"]), \
+    assert any("image/png" in out.get("data", {}) for cell in cells for out in cell["outputs"]), (
         f"{path.name}: no figure saved"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -86,8 +94,9 @@ def test_widgets_have_a_static_twin_and_ignored_outputs(path):
         ignored = "NBVAL_IGNORE_OUTPUT" in source or "nbval-ignore-output" in cell["metadata"].get("tags", [])
         assert ignored, f"{path.name}: mark widget cells # NBVAL_IGNORE_OUTPUT"
         drawn = re.findall(r"\b(plot_\w+)\(", source)
-        assert drawn and all(name + "(" in static_text for name in drawn), \
+        assert drawn and all(name + "(" in static_text for name in drawn), (
             f"{path.name}: the widget's figure {drawn} is not also drawn statically"
+        )
     markdown = "\n".join(cell_source(c) for c in notebook["cells"] if c["cell_type"] == "markdown")
     assert "live" in markdown and "Colab" in markdown, f"{path.name}: say the controls are live in Colab"
     assert "widgets" in notebook["metadata"], f"{path.name}: widget state not saved (use make notebooks)"

@@ -32,9 +32,13 @@ def test_compare_layers_finds_no_divergence(reference_checkpoint, reference_mode
     del inputs["labels"]
     table = compare_layers(model, hf_model, inputs)
     layers = configs[name].vision_config.num_hidden_layers, configs[name].text_config.num_hidden_layers
-    assert list(table) == (["patch_embeddings"] + [f"vision_layer_{i}" for i in range(layers[0])]
-                           + ["image_features", "decoder_input"]
-                           + [f"decoder_layer_{i}" for i in range(layers[1] - 1)] + ["final_norm", "logits"])
+    assert list(table) == (
+        ["patch_embeddings"]
+        + [f"vision_layer_{i}" for i in range(layers[0])]
+        + ["image_features", "decoder_input"]
+        + [f"decoder_layer_{i}" for i in range(layers[1] - 1)]
+        + ["final_norm", "logits"]
+    )
     assert max(table.values()) <= 1e-5, format_comparison(table)
 
 
@@ -99,8 +103,10 @@ def test_attention_weights_match_transformers(config_name, config, reference_che
     for weights in (*ours.attentions.vision, *ours.attentions.decoder):
         torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
     # A model on SDPA forms the weights on the explicit path for that call: the same numbers.
-    for a, b in zip((*with_sdpa.attentions.vision, *with_sdpa.attentions.decoder),
-                    (*ours.attentions.vision, *ours.attentions.decoder)):
+    for a, b in zip(
+        (*with_sdpa.attentions.vision, *with_sdpa.attentions.decoder),
+        (*ours.attentions.vision, *ours.attentions.decoder),
+    ):
         assert torch.equal(a, b)
 
 
@@ -124,11 +130,16 @@ def _decode_step_by_step(model, inputs, prompt_length: int) -> torch.Tensor:
     """Prefill the first `prompt_length` tokens, then feed the rest one token per row."""
     ids, mask, types = inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]
     cache = KVCache.empty(model.config.text_config, ids.shape[0], ids.shape[1])
-    out = model(ids[:, :prompt_length], inputs["pixel_values"], mask[:, :prompt_length],
-                types[:, :prompt_length], kv_cache=cache)
+    out = model(
+        ids[:, :prompt_length],
+        inputs["pixel_values"],
+        mask[:, :prompt_length],
+        types[:, :prompt_length],
+        kv_cache=cache,
+    )
     steps, cache = [out.logits], out.kv_cache
     for t in range(prompt_length, ids.shape[1]):
-        out = model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], kv_cache=cache)
+        out = model(ids[:, t : t + 1], attention_mask=mask[:, : t + 1], kv_cache=cache)
         steps.append(out.logits)
         cache = out.kv_cache
     assert cache.length == ids.shape[1]
@@ -175,11 +186,16 @@ def test_cache_equals_recompute_property(batch, prefix, suffix, data, configs, r
 def test_output_shapes_and_names_mirror_the_hub():
     model = PaliGemmaForConditionalGeneration(PaliGemmaConfig.tiny())
     names = dict(model.named_parameters(remove_duplicate=False))
-    for key in ("vision_tower.vision_model.embeddings.patch_embedding.weight",
-                "vision_tower.vision_model.encoder.layers.1.self_attn.q_proj.weight",
-                "vision_tower.vision_model.post_layernorm.bias", "multi_modal_projector.linear.bias",
-                "language_model.model.layers.1.self_attn.q_proj.weight", "language_model.model.embed_tokens.weight",
-                "language_model.model.norm.weight", "language_model.lm_head.weight"):
+    for key in (
+        "vision_tower.vision_model.embeddings.patch_embedding.weight",
+        "vision_tower.vision_model.encoder.layers.1.self_attn.q_proj.weight",
+        "vision_tower.vision_model.post_layernorm.bias",
+        "multi_modal_projector.linear.bias",
+        "language_model.model.layers.1.self_attn.q_proj.weight",
+        "language_model.model.embed_tokens.weight",
+        "language_model.model.norm.weight",
+        "language_model.lm_head.weight",
+    ):
         assert key in names
     assert model.language_model.lm_head.weight is model.language_model.model.embed_tokens.weight
     assert model.num_image_tokens == 16
@@ -251,8 +267,9 @@ def test_cache_for_another_batch_size_is_refused(tiny_model):
         tiny_model(torch.full((1, 3), 3), kv_cache=cache)
 
 
-def test_bfloat16_differs_from_transformers_5_only_by_where_the_image_is_scaled(reference_checkpoint, configs,
-                                                                                make_inputs):
+def test_bfloat16_differs_from_transformers_5_only_by_where_the_image_is_scaled(
+    reference_checkpoint, configs, make_inputs
+):
     """transformers >= 5.4 no longer divides image features by sqrt(D) (see merge_image_and_text).
 
     With D = 64, sqrt(D) = 8 is a power of two and both orders round identically in bfloat16, so

@@ -138,8 +138,10 @@ def test_too_large_image_refused_before_decoding(tokenizer, tmp_path):
 
 def png_claiming(width: int, height: int) -> bytes:
     """A PNG file of a few dozen bytes whose header claims width x height pixels."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
@@ -241,8 +243,11 @@ def test_matches_transformers_processor(processor, tokenizer, tmp_path):
     logging.getLogger("transformers").setLevel(logging.ERROR)
     tokenizer.save_pretrained(tmp_path)
     image_processor = transformers.SiglipImageProcessor(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_seq_length=NUM_IMAGE_TOKENS,
-        resample=Image.Resampling.BICUBIC, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image_seq_length=NUM_IMAGE_TOKENS,
+        resample=Image.Resampling.BICUBIC,
+        image_mean=[0.5] * 3,
+        image_std=[0.5] * 3,
         do_convert_rgb=True,
     )
     hf = transformers.PaliGemmaProcessor(

@@ -5,10 +5,10 @@ from dataclasses import replace
 import pytest
 import torch
 
+from pgemma import profiling
 from pgemma.config import GemmaConfig, PaliGemmaConfig
 from pgemma.generate import generate_tokens
 from pgemma.kv_cache import KVCache
-from pgemma import profiling
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from pgemma.profiling import (
     DecodeTiming,
@@ -68,9 +68,9 @@ def test_random_batch_has_the_processor_layout():
     config = PaliGemmaConfig.tiny()
     batch = random_batch(config, batch_size=2, text_length=5, seed=1)
     assert batch.input_ids.shape == (2, config.num_image_tokens + 5)
-    assert (batch.input_ids[:, :config.num_image_tokens] == config.image_token_index).all()
+    assert (batch.input_ids[:, : config.num_image_tokens] == config.image_token_index).all()
     assert (batch.input_ids[:, config.num_image_tokens] == config.bos_token_id).all()
-    text = batch.input_ids[:, config.num_image_tokens + 1:]
+    text = batch.input_ids[:, config.num_image_tokens + 1 :]
     assert not torch.isin(text, torch.tensor([0, 1, 2, config.image_token_index])).any()
     assert batch.pixel_values.shape == (2, 3, 32, 32) and batch.pixel_values.abs().max() <= 1
     assert torch.equal(batch.input_ids, random_batch(config, 2, 5, seed=1).input_ids)

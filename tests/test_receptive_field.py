@@ -7,13 +7,13 @@ import torch
 matplotlib.use("Agg")
 
 from pgemma.config import SiglipVisionConfig  # noqa: E402
-from pgemma.receptive_field import (cnn_receptive_field, input_gradient, make_cnn, vit_attention,  # noqa: E402
-                                    vit_receptive_field)
+from pgemma.receptive_field import cnn_receptive_field, input_gradient, make_cnn, vit_attention, vit_receptive_field  # noqa: E402
 from pgemma.siglip import SiglipAttention, SiglipVisionTransformer  # noqa: E402
 from pgemma.viz.receptive_field import plot_receptive_field_growth, plot_receptive_fields  # noqa: E402
 
-CONFIG = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            image_size=16, patch_size=4)
+CONFIG = SiglipVisionConfig(
+    hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=4
+)
 
 
 def _models() -> tuple[torch.nn.Sequential, SiglipVisionTransformer, torch.Tensor]:
@@ -29,7 +29,7 @@ def test_cnn_receptive_field_is_the_square_the_formula_gives(kernel_size):
         side = 1 + layer * (kernel_size - 1)
         field = cnn_receptive_field(cnn, image, layer, row=10, col=9)
         expected = torch.zeros(20, 20, dtype=torch.bool)
-        expected[10 - side // 2: 10 + side // 2 + 1, 9 - side // 2: 9 + side // 2 + 1] = True
+        expected[10 - side // 2 : 10 + side // 2 + 1, 9 - side // 2 : 9 + side // 2 + 1] = True
         assert torch.equal(field > 0, expected)
 
 

@@ -12,7 +12,7 @@ from pgemma.rope import apply_rope, rope_cos_sin, rope_frequencies, rotate_half
 
 def test_frequencies_fall_geometrically_from_one():
     freqs = rope_frequencies(8, theta=10_000.0)
-    torch.testing.assert_close(freqs, torch.tensor([1.0, 10_000 ** -0.25, 10_000 ** -0.5, 10_000 ** -0.75]))
+    torch.testing.assert_close(freqs, torch.tensor([1.0, 10_000**-0.25, 10_000**-0.5, 10_000**-0.75]))
 
 
 def test_half_split_pairs_channel_i_with_i_plus_half():
@@ -57,8 +57,13 @@ def test_matches_transformers(dtype):
 
 
 @settings(max_examples=25, deadline=None)
-@given(m=st.integers(0, 500), n=st.integers(0, 500), shift=st.integers(-400, 400),
-       half=st.integers(1, 16), seed=st.integers(0, 2**16))
+@given(
+    m=st.integers(0, 500),
+    n=st.integers(0, 500),
+    shift=st.integers(-400, 400),
+    half=st.integers(1, 16),
+    seed=st.integers(0, 2**16),
+)
 def test_dot_product_depends_only_on_the_distance(m, n, shift, half, seed):
     """q_m . k_n == q_(m+s) . k_(n+s): RoPE encodes relative position."""
     head_dim = 2 * half

@@ -30,10 +30,15 @@ def test_the_shipped_model_gives_the_same_logits_in_pgemma_and_transformers():
     batch = process(processor, shipped_examples())
     ours = forward(model, batch).logits
     reference = transformers.PaliGemmaForConditionalGeneration.from_pretrained(
-        shipped_model_folder(), dtype=torch.float32, attn_implementation="eager").eval()
+        shipped_model_folder(), dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     with torch.no_grad():
-        theirs = reference(input_ids=batch.input_ids, pixel_values=batch.pixel_values,
-                           attention_mask=batch.attention_mask, token_type_ids=batch.token_type_ids).logits
+        theirs = reference(
+            input_ids=batch.input_ids,
+            pixel_values=batch.pixel_values,
+            attention_mask=batch.attention_mask,
+            token_type_ids=batch.token_type_ids,
+        ).logits
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
 

@@ -44,18 +44,36 @@ def test_sdpa_matches_explicit_attention():
     torch.testing.assert_close(explicit(images)[0], fused(images)[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("config", [
-    SiglipVisionConfig.tiny(),
-    SiglipVisionConfig(hidden_size=40, intermediate_size=72, num_hidden_layers=2, num_attention_heads=5,
-                       image_size=30, patch_size=6, layer_norm_eps=1e-5),
-], ids=["tiny", "odd_sizes"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        SiglipVisionConfig.tiny(),
+        SiglipVisionConfig(
+            hidden_size=40,
+            intermediate_size=72,
+            num_hidden_layers=2,
+            num_attention_heads=5,
+            image_size=30,
+            patch_size=6,
+            layer_norm_eps=1e-5,
+        ),
+    ],
+    ids=["tiny", "odd_sizes"],
+)
 def test_matches_transformers(config):
     transformers = pytest.importorskip("transformers")
     hf_config = transformers.SiglipVisionConfig(
-        hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_hidden_layers, num_attention_heads=config.num_attention_heads,
-        image_size=config.image_size, patch_size=config.patch_size, layer_norm_eps=config.layer_norm_eps,
-        hidden_act="gelu_pytorch_tanh", vision_use_head=False, attn_implementation="eager")
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.num_hidden_layers,
+        num_attention_heads=config.num_attention_heads,
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        layer_norm_eps=config.layer_norm_eps,
+        hidden_act="gelu_pytorch_tanh",
+        vision_use_head=False,
+        attn_implementation="eager",
+    )
     theirs = transformers.SiglipVisionModel(hf_config).eval()
     ours = _random_model(config)
     # transformers >= 5 names the parameters without the vision_model. level.

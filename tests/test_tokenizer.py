@@ -69,9 +69,7 @@ def test_specials_are_single_ids_and_never_split(tokenizer):
         assert tokenizer.encode(token) == [tokenizer.token_to_id(token)]
     ids = tokenizer.encode("a cat<loc0123> sat")
     assert ids.count(tokenizer.token_to_id("<loc0123>")) == 1
-    assert tokenizer.encode("a cat<loc0123> sat") == (
-        tokenizer.encode("a cat") + [5 + 123] + tokenizer.encode(" sat")
-    )
+    assert tokenizer.encode("a cat<loc0123> sat") == (tokenizer.encode("a cat") + [5 + 123] + tokenizer.encode(" sat"))
 
 
 def test_no_bos_or_eos_added(tokenizer):
@@ -92,7 +90,9 @@ def test_unseen_characters_become_unk(tokenizer):
 def test_save_load_round_trip_tokenizers_backend(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {
-        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
     }
     loaded = PaliGemmaTokenizer.from_pretrained(tmp_path)
     for text in TEXTS:
@@ -122,10 +122,22 @@ def test_sentencepiece_without_image_piece_appends_it(corpus):
     # PaliGemma's tokenizer.model has no <image> piece; it gets the next free id.
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus), model_writer=model, model_type="bpe", vocab_size=1100,
-        hard_vocab_limit=False, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece=PAD,
-        eos_piece=EOS, bos_piece=BOS, unk_piece=UNK, user_defined_symbols=list(LOC_TOKENS),
-        add_dummy_prefix=False, minloglevel=2,
+        sentence_iterator=iter(corpus),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=1100,
+        hard_vocab_limit=False,
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        pad_piece=PAD,
+        eos_piece=EOS,
+        bos_piece=BOS,
+        unk_piece=UNK,
+        user_defined_symbols=list(LOC_TOKENS),
+        add_dummy_prefix=False,
+        minloglevel=2,
     )
     processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
     tokenizer = PaliGemmaTokenizer(processor)
@@ -194,9 +206,7 @@ def test_transformers_reads_saved_tokenizer(tokenizer, tmp_path):
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
     for text in TEXTS + ["<image><image><bos>caption en\n"]:
         assert hf(text, add_special_tokens=False).input_ids == tokenizer.encode(text)
-        assert hf.decode(tokenizer.encode(text), skip_special_tokens=True) == tokenizer.decode(
-            tokenizer.encode(text)
-        )
+        assert hf.decode(tokenizer.encode(text), skip_special_tokens=True) == tokenizer.decode(tokenizer.encode(text))
     assert (hf.pad_token_id, hf.eos_token_id, hf.bos_token_id) == (0, 1, 2)
 
 

@@ -42,6 +42,7 @@ def prefix_lm_loss(model, processor, cfg, record=None):
         if record is not None:
             record.append(loss.item())
         return loss
+
     return loss_fn
 
 
@@ -56,16 +57,26 @@ def test_short_training_lowers_the_loss(tokenizer, tmp_path):
     model = fresh_model(tokenizer)
     cfg = StageConfig(steps=60, batch_size=8, lr=3e-3, warmup=5, checkpoint_every=1000)
     losses = []
-    train_loop("test", model, prefix_lm_loss(model, processor_of(model, tokenizer), cfg, losses), cfg,
-               tmp_path / "state.safetensors")
+    train_loop(
+        "test",
+        model,
+        prefix_lm_loss(model, processor_of(model, tokenizer), cfg, losses),
+        cfg,
+        tmp_path / "state.safetensors",
+    )
     assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10
 
 
 def test_resuming_continues_exactly_like_an_uninterrupted_run(tokenizer, tmp_path):
     cfg = StageConfig(steps=12, batch_size=4, lr=3e-3, warmup=3, checkpoint_every=5)
     straight = fresh_model(tokenizer)
-    train_loop("straight", straight, prefix_lm_loss(straight, processor_of(straight, tokenizer), cfg), cfg,
-               tmp_path / "straight.safetensors")
+    train_loop(
+        "straight",
+        straight,
+        prefix_lm_loss(straight, processor_of(straight, tokenizer), cfg),
+        cfg,
+        tmp_path / "straight.safetensors",
+    )
 
     interrupted = fresh_model(tokenizer)
     crashing = prefix_lm_loss(interrupted, processor_of(interrupted, tokenizer), cfg)
@@ -78,8 +89,13 @@ def test_resuming_continues_exactly_like_an_uninterrupted_run(tokenizer, tmp_pat
     with pytest.raises(KeyboardInterrupt):
         train_loop("interrupted", interrupted, crash_at_step_7, cfg, tmp_path / "resumed.safetensors")
     resumed = fresh_model(tokenizer)  # a new process: nothing but the checkpoint at step 5 survives
-    train_loop("resumed", resumed, prefix_lm_loss(resumed, processor_of(resumed, tokenizer), cfg), cfg,
-               tmp_path / "resumed.safetensors")
+    train_loop(
+        "resumed",
+        resumed,
+        prefix_lm_loss(resumed, processor_of(resumed, tokenizer), cfg),
+        cfg,
+        tmp_path / "resumed.safetensors",
+    )
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
@@ -133,11 +149,13 @@ def test_patch_labels_follow_the_drawn_shapes():
 
 def test_stage0_loss_runs_on_the_tower(tokenizer):
     model = fresh_model(tokenizer)
-    pretrainer = TowerPretrainer(model.vision_tower, RECIPE.world, tokenizer.vocab_size,
-                                 model.config.vision_config.hidden_size)
+    pretrainer = TowerPretrainer(
+        model.vision_tower, RECIPE.world, tokenizer.vocab_size, model.config.vision_config.hidden_size
+    )
     processor = processor_of(model, tokenizer)
-    loss = pretrainer.loss([example(s, RECIPE.world) for s in range(4)], processor, RECIPE.world,
-                           RECIPE.model.patch_size, 1.0)
+    loss = pretrainer.loss(
+        [example(s, RECIPE.world) for s in range(4)], processor, RECIPE.world, RECIPE.model.patch_size, 1.0
+    )
     loss.backward()
     assert model.vision_tower.vision_model.embeddings.patch_embedding.weight.grad is not None
     assert model.language_model.model.embed_tokens.weight.grad is None
@@ -147,7 +165,10 @@ def test_neighbouring_loc_bins_start_similar(tokenizer):
     model = fresh_model(tokenizer)
     init_loc_embeddings(model, tokenizer)
     table = model.language_model.model.embed_tokens.weight
-    loc = lambda b: table[tokenizer.token_to_id(f"<loc{b:04d}>")]
+
+    def loc(b):
+        return table[tokenizer.token_to_id(f"<loc{b:04d}>")]
+
     cos = torch.nn.functional.cosine_similarity
     assert cos(loc(500), loc(501), dim=0) > 0.98
     assert cos(loc(500), loc(516), dim=0) > cos(loc(500), loc(700), dim=0)
@@ -173,7 +194,8 @@ def test_the_command_line_trains_exports_and_resumes(tmp_path, capsys):
 
 
 def test_python_m_pgemma_train_is_the_command_line():
-    result = subprocess.run([sys.executable, "-m", "pgemma.train", "--help"], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pgemma.train", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: python -m pgemma.train") and "--out OUT" in result.stdout

@@ -21,8 +21,9 @@ def test_patch_figures():
 
 def test_interactive_figure_lays_out_controls_above_the_figure():
     slider = choice_slider("patch size", [7, 14, 28], value=14)
-    box = interactive_figure(lambda patch_size: plot_patch_grid(sample_photo().resize((224, 224)), patch_size),
-                             patch_size=slider)
+    box = interactive_figure(
+        lambda patch_size: plot_patch_grid(sample_photo().resize((224, 224)), patch_size), patch_size=slider
+    )
     assert isinstance(box, widgets.VBox)
     controls, figure_area = box.children
     assert controls.children == (slider,) and isinstance(figure_area, widgets.Output)
@@ -34,5 +35,9 @@ def test_exercise_check_reports_without_revealing(capsys):
     check(3, 3, name="e3")
     check(0.1 + 0.2, 0.3, name="e4")
     out = capsys.readouterr().out.splitlines()
-    assert out == ["e1: not answered yet (replace None with your answer and run the cell again)",
-                   "e2: not yet, try again", "e3: correct", "e4: correct"]
+    assert out == [
+        "e1: not answered yet (replace None with your answer and run the cell again)",
+        "e2: not yet, try again",
+        "e3: correct",
+        "e4: correct",
+    ]

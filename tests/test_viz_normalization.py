@@ -6,8 +6,7 @@ import torch
 
 matplotlib.use("Agg")
 
-from pgemma.viz.normalization import (NORMS, example_features, normalize, plot_norm_axes,  # noqa: E402
-                                      plot_norm_statistics)
+from pgemma.viz.normalization import NORMS, example_features, normalize, plot_norm_axes, plot_norm_statistics  # noqa: E402
 
 
 def test_example_features_are_seeded_shifted_and_scaled():

@@ -131,13 +131,22 @@ def test_figures(tiny):
     assert len(figure.axes) == 2 and [t.get_text() for t in figure.axes[0].get_yticklabels()] == list(PARTS)
     figure = plot_loss_curve([7.0, 5.0, 3.0, 2.0], vocab_size=1200, window=2)
     assert len(figure.axes[0].lines) == 3
-    record = {"runs": [{"name": "a", "stage1": {"curve": [{"step": 10, "count_exact": 0.5}, {"step": 20, "count_exact": 0.9}]}},
-                       {"name": "b", "stage1": None}]}
+    record = {
+        "runs": [
+            {"name": "a", "stage1": {"curve": [{"step": 10, "count_exact": 0.5}, {"step": 20, "count_exact": 0.9}]}},
+            {"name": "b", "stage1": None},
+        ]
+    }
     figure = plot_training_curves(record, "stage1", {"count_exact": "count", "detect_iou": "IoU"}, highlight="a")
     assert len(figure.axes) == 2 and list(figure.axes[0].lines[0].get_ydata()) == [0.5, 0.9]
     items = [example(heldout_seed(i), world, task=task) for i, task in enumerate(("caption", "detect", "count"))]
-    figure = plot_answers([e.image for e in items], [e.prefix for e in items], [e.suffix for e in items],
-                          [e.suffix for e in items], columns=2)
+    figure = plot_answers(
+        [e.image for e in items],
+        [e.prefix for e in items],
+        [e.suffix for e in items],
+        [e.suffix for e in items],
+        columns=2,
+    )
     assert len(figure.axes) == 4 and figure.axes[1].patches  # the detection's boxes
     assert all(ax.title.get_color() == "#2a7d2a" for ax in figure.axes[:3])
     attention = answer_attention(model, processor, items[0].image, items[0].prefix, items[0].suffix)
@@ -149,6 +158,9 @@ def test_scene_widget(tiny):
     model, processor, world = tiny
     figure = plot_scene_answer(model, processor, 2, "count", world)
     assert "held-out scene 2" in figure.axes[0].get_title()
-    box = interactive_figure(lambda index, task: plot_scene_answer(model, processor, index, task, world),
-                             index=int_slider("scene", 2, 0, 50), task=dropdown("task", ["count", "colour"]))
+    box = interactive_figure(
+        lambda index, task: plot_scene_answer(model, processor, index, task, world),
+        index=int_slider("scene", 2, 0, 50),
+        task=dropdown("task", ["count", "colour"]),
+    )
     assert isinstance(box, widgets.VBox)

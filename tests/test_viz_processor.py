@@ -56,8 +56,15 @@ def test_token_roles_follow_the_prompt_layout(processor, tokenizer):
     prompt_length = len(tokenizer.encode(examples[0].prefix))
     padding = batch.input_ids.shape[1] - (16 + 1 + prompt_length + 1 + suffix_length + 1)
     assert padding > 0
-    assert roles == (["padding"] * padding + ["image"] * 16 + ["bos"] + ["prompt"] * prompt_length
-                     + ["newline"] + ["suffix"] * suffix_length + ["eos"])
+    assert roles == (
+        ["padding"] * padding
+        + ["image"] * 16
+        + ["bos"]
+        + ["prompt"] * prompt_length
+        + ["newline"]
+        + ["suffix"] * suffix_length
+        + ["eos"]
+    )
     assert "padding" not in token_roles(batch, 1, tokenizer)
 
 
@@ -73,8 +80,7 @@ def test_token_strip_draws_one_cell_per_token_and_one_for_the_image_run(processo
     assert texts.count("<image>\u00d716") == B
     assert texts.count("-100") > 0 and "<eos>" in texts
     assert {"attention_mask", "token_type_ids", "labels"} <= set(texts)
-    without_labels = plot_token_strip(processor([e.image for e in examples], [e.prefix for e in examples]),
-                                      tokenizer)
+    without_labels = plot_token_strip(processor([e.image for e in examples], [e.prefix for e in examples]), tokenizer)
     assert "labels" not in [text.get_text() for text in without_labels.axes[0].texts]
 
 
@@ -132,8 +138,9 @@ def test_widget_redraws_world_examples(processor):
         drawn.append((seed, task))
         return plot_world_example(seed, task, processor)
 
-    box = interactive_figure(draw, seed=int_slider("scene seed", 3, 0, 20),
-                             task=dropdown("task", list(world.TASKS), value="detect"))
+    box = interactive_figure(
+        draw, seed=int_slider("scene seed", 3, 0, 20), task=dropdown("task", list(world.TASKS), value="detect")
+    )
     assert isinstance(box, widgets.VBox)
     controls, _ = box.children
     controls.children[1].value = "count"

@@ -1,10 +1,25 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pgemma.loc_tokens import boxes_to_loc_tokens, parse_loc_tokens
-from pgemma.world import (HELDOUT_START, PALETTE, TASKS, Shape, WorldConfig, box_iou, caption, example, render,
-                          sample_scene, scene_tasks, split_of, split_seeds, text_corpus)
+from pgemma.world import (
+    HELDOUT_START,
+    PALETTE,
+    TASKS,
+    Shape,
+    WorldConfig,
+    box_iou,
+    caption,
+    example,
+    render,
+    sample_scene,
+    scene_tasks,
+    split_of,
+    split_seeds,
+    text_corpus,
+)
 
 seeds = st.integers(min_value=0, max_value=2 * HELDOUT_START)
 
@@ -61,8 +76,10 @@ def test_answers_are_consistent_with_the_scene(seed):
 def test_caption_and_detection_format():
     scene = sample_scene(0)
     assert caption(scene).startswith("a ")
-    orange, red = (Shape("square", "orange", PALETTE["orange"], (0, 0, 8, 8)),
-                   Shape("circle", "red", PALETTE["red"], (0, 10, 8, 18)))
+    orange, red = (
+        Shape("square", "orange", PALETTE["orange"], (0, 0, 8, 8)),
+        Shape("circle", "red", PALETTE["red"], (0, 10, 8, 18)),
+    )
     assert caption(scene._replace(shapes=(orange, red))) == "an orange square left of a red circle"
     assert boxes_to_loc_tokens((0, 16, 32, 64), 64) == "<loc0000><loc0256><loc0512><loc1023>"
     two = "<loc0000><loc0000><loc0512><loc0512> circle ; <loc0512><loc0512><loc1023><loc1023> square"

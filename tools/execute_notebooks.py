@@ -21,9 +21,14 @@ def execute(path: Path) -> float:
     """Run `path` top to bottom in a fresh kernel from its own folder; return the seconds taken."""
     for attempt in range(1, ATTEMPTS + 1):
         notebook = nbformat.read(path, as_version=4)
-        client = NotebookClient(notebook, timeout=CELL_TIMEOUT_SECONDS, kernel_name="python3",
-                                record_timing=True, store_widget_state=True,
-                                resources={"metadata": {"path": str(path.parent)}})
+        client = NotebookClient(
+            notebook,
+            timeout=CELL_TIMEOUT_SECONDS,
+            kernel_name="python3",
+            record_timing=True,
+            store_widget_state=True,
+            resources={"metadata": {"path": str(path.parent)}},
+        )
         start = time.perf_counter()
         try:
             client.execute()

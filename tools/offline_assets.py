@@ -41,8 +41,17 @@ ASSETS: dict[str, list[tuple[str, list[str]]]] = {
     "mathjax": [
         # The combined component plus what it loads at run time, relative to its own url:
         # TeX extensions (autoloaded by macros such as \boldsymbol), fonts, the menu.
-        ("mathjax/es5", ["tex-mml-chtml.js", "input/tex/extensions", "input/mml/extensions",
-                         "output/chtml/fonts/woff-v2", "ui", "a11y"]),
+        (
+            "mathjax/es5",
+            [
+                "tex-mml-chtml.js",
+                "input/tex/extensions",
+                "input/mml/extensions",
+                "output/chtml/fonts/woff-v2",
+                "ui",
+                "a11y",
+            ],
+        ),
     ],
 }
 
@@ -58,7 +67,8 @@ def asset_sources() -> list[tuple[Path, Path]]:
                 if not matches:
                     raise ExtensionError(
                         f"offline_assets: {base / pattern} is missing. Run `npm ci` in {ROOT} "
-                        "(`make book` and `make test` do it) to install the book's scripts.")
+                        "(`make book` and `make test` do it) to install the book's scripts."
+                    )
                 pairs += [(match, Path(destination) / match.relative_to(base)) for match in matches]
     return pairs
 
@@ -82,8 +92,11 @@ def copy_assets(app: Sphinx, exception: Exception | None) -> None:
 
 def build_date() -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    moment = (datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc) if epoch
-              else datetime.datetime.now(datetime.timezone.utc))
+    moment = (
+        datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc)
+        if epoch
+        else datetime.datetime.now(datetime.timezone.utc)
+    )
     return moment.strftime("%Y-%m-%d")
 
 

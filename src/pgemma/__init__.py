@@ -16,7 +16,20 @@ __version__ = "0.1.0"
 
 from pgemma.checkpoint import load_model, load_pretrained, save_pretrained
 from pgemma.config import PaliGemmaConfig
-from pgemma.paligemma import PaliGemmaForConditionalGeneration
-from pgemma.tokenizer import PaliGemmaTokenizer
-from pgemma.processor import PaliGemmaProcessor, load_processor
 from pgemma.generate import Sampling, generate
+from pgemma.paligemma import PaliGemmaForConditionalGeneration
+from pgemma.processor import PaliGemmaProcessor, load_processor
+from pgemma.tokenizer import PaliGemmaTokenizer
+
+__all__ = [
+    "PaliGemmaConfig",
+    "PaliGemmaForConditionalGeneration",
+    "PaliGemmaProcessor",
+    "PaliGemmaTokenizer",
+    "Sampling",
+    "generate",
+    "load_model",
+    "load_pretrained",
+    "load_processor",
+    "save_pretrained",
+]

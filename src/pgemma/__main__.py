@@ -32,11 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgemma", description="PaliGemma from scratch.")
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser("generate", help="answer a prompt about an image, streaming the answer")
-    gen.add_argument("--model", type=Path,
-                     help="checkpoint folder: config.json, model.safetensors, tokenizer.json or tokenizer.model "
-                          "(default: the shipped model of coloured shapes)")
-    gen.add_argument("--image", type=Path,
-                     help="image file (any format PIL reads; default: draw a new scene of coloured shapes)")
+    gen.add_argument(
+        "--model",
+        type=Path,
+        help="checkpoint folder: config.json, model.safetensors, tokenizer.json or tokenizer.model "
+        "(default: the shipped model of coloured shapes)",
+    )
+    gen.add_argument(
+        "--image", type=Path, help="image file (any format PIL reads; default: draw a new scene of coloured shapes)"
+    )
     gen.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"task prompt (default: {DEFAULT_PROMPT!r})")
     gen.add_argument("--max-new-tokens", type=int, default=64, help="stop after this many tokens (default 64)")
     gen.add_argument("--temperature", type=float, help="sample, dividing the logits by T")
@@ -45,10 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, help="sample reproducibly with this seed")
     gen.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="weights' dtype (default float32)")
     gen.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
-    gen.add_argument("--fast", action="store_true",
-                     help="pgemma.fast.prepare_for_speed: PyTorch's fused attention, fused q/k/v and gate/up "
-                          "products, and faster kernels for large CPU matrix products; faster, equal to the "
-                          "default up to rounding")
+    gen.add_argument(
+        "--fast",
+        action="store_true",
+        help="pgemma.fast.prepare_for_speed: PyTorch's fused attention, fused q/k/v and gate/up "
+        "products, and faster kernels for large CPU matrix products; faster, equal to the "
+        "default up to rounding",
+    )
     return parser
 
 
@@ -65,8 +72,10 @@ def run_generate(args: argparse.Namespace) -> None:
     if folder is None:
         folder = shipped_model_folder()
         if not folder.is_dir():
-            raise ValueError(f"no --model given and the shipped model folder {str(folder)!r} is missing; "
-                             "reinstall pgemma, or pass --model CHECKPOINT_DIR")
+            raise ValueError(
+                f"no --model given and the shipped model folder {str(folder)!r} is missing; "
+                "reinstall pgemma, or pass --model CHECKPOINT_DIR"
+            )
     if not folder.is_dir():
         raise ValueError(f"model folder {str(folder)!r} does not exist or is not a folder")
     try:
@@ -80,7 +89,10 @@ def run_generate(args: argparse.Namespace) -> None:
     if args.fast:
         prepare_for_speed(model)
     generate(
-        model, processor, image, args.prompt,
+        model,
+        processor,
+        image,
+        args.prompt,
         max_new_tokens=args.max_new_tokens,
         sampling=sampling,
         stream=lambda row, text: print(text, end="", flush=True),

@@ -53,7 +53,7 @@ def pgemma_key(key: str) -> str | None:
     """Our name for a checkpoint key, or None if no layout we know has it."""
     for old, new in KEY_RENAMES:
         if key.startswith(old):
-            return new + key[len(old):]
+            return new + key[len(old) :]
     return None
 
 
@@ -77,8 +77,10 @@ def load_model(
     path = Path(path)
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES:
-            raise ValueError(f"{path}: pgemma loads safetensors only; this looks like a pickle, which can run "
-                             "code when loaded. Convert it to model.safetensors with trusted tools first")
+            raise ValueError(
+                f"{path}: pgemma loads safetensors only; this looks like a pickle, which can run "
+                "code when loaded. Convert it to model.safetensors with trusted tools first"
+            )
         raise ValueError(f"{path}: expected a checkpoint directory (config.json + model.safetensors)")
     if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
@@ -98,8 +100,10 @@ def load_model(
             state[name] = _read(handles[file], key, file).to(device=device, dtype=dtype)  # one tensor at a time
     head = state.pop(HEAD_KEY, None)
     if head is not None and not torch.equal(head, state[EMBED_KEY]):
-        raise ValueError(f"{path}: lm_head.weight differs from embed_tokens.weight; PaliGemma ties them and "
-                         "pgemma does not support an untied output head")
+        raise ValueError(
+            f"{path}: lm_head.weight differs from embed_tokens.weight; PaliGemma ties them and "
+            "pgemma does not support an untied output head"
+        )
     state[HEAD_KEY] = state[EMBED_KEY]
     model.load_state_dict(state, strict=True, assign=True)  # every key was checked above
     model.language_model.tie_weights()  # assign replaced the Parameter objects; share one again
@@ -113,8 +117,11 @@ def save_pretrained(model: PaliGemmaForConditionalGeneration, path: str | Path) 
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters(remove_duplicate=False)
-             if name != HEAD_KEY}
+    state = {
+        name: p.detach().cpu().contiguous()
+        for name, p in model.named_parameters(remove_duplicate=False)
+        if name != HEAD_KEY
+    }
     config = model.config.to_hf_dict()
     config["dtype"] = str(state[EMBED_KEY].dtype).removeprefix("torch.")
     (path / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
@@ -150,8 +157,10 @@ def _index_tensors(path: Path) -> dict[str, tuple[Path, str]]:
     else:
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
-            raise ValueError(f"{path}: found {', '.join(pickles)} but no {WEIGHTS_NAME}; pgemma loads "
-                             "safetensors only (pickles can run code when loaded)")
+            raise ValueError(
+                f"{path}: found {', '.join(pickles)} but no {WEIGHTS_NAME}; pgemma loads "
+                "safetensors only (pickles can run code when loaded)"
+            )
         raise ValueError(f"{path}: no {WEIGHTS_NAME} or {INDEX_NAME}")
     tensors: dict[str, tuple[Path, str]] = {}
     unknown = []

@@ -64,8 +64,14 @@ class SiglipVisionConfig:
 
     @classmethod
     def tiny(cls) -> SiglipVisionConfig:
-        return cls(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                   image_size=32, patch_size=8)
+        return cls(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+        )
 
 
 @dataclass(frozen=True)
@@ -95,8 +101,16 @@ class GemmaConfig:
 
     @classmethod
     def tiny(cls) -> GemmaConfig:
-        return cls(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                   num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=128)
+        return cls(
+            vocab_size=256,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=128,
+        )
 
 
 @dataclass(frozen=True)
@@ -140,8 +154,12 @@ class PaliGemmaConfig:
     @classmethod
     def tiny(cls) -> PaliGemmaConfig:
         """112 thousand parameters with the real structure (multi-query attention, 16 image tokens)."""
-        return cls(vision_config=SiglipVisionConfig.tiny(), text_config=GemmaConfig.tiny(),
-                   projection_dim=64, image_token_index=255)
+        return cls(
+            vision_config=SiglipVisionConfig.tiny(),
+            text_config=GemmaConfig.tiny(),
+            projection_dim=64,
+            image_token_index=255,
+        )
 
     @classmethod
     def from_hf_dict(cls, config: dict[str, Any]) -> PaliGemmaConfig:
@@ -172,8 +190,10 @@ class PaliGemmaConfig:
         for part in ("vision_config", "text_config"):
             stated = (config.get(part) or {}).get("num_image_tokens")
             if stated is not None and stated != result.num_image_tokens:
-                raise ValueError(f"{part}.num_image_tokens {stated} != (image_size {vision.image_size} // "
-                                 f"patch_size {vision.patch_size}) ** 2 = {result.num_image_tokens}")
+                raise ValueError(
+                    f"{part}.num_image_tokens {stated} != (image_size {vision.image_size} // "
+                    f"patch_size {vision.patch_size}) ** 2 = {result.num_image_tokens}"
+                )
         return result
 
     def to_hf_dict(self) -> dict[str, Any]:
@@ -231,21 +251,53 @@ def load_config(folder: str | Path) -> PaliGemmaConfig:
 
 
 # transformers' defaults (5.23), used to fill missing fields exactly as it does.
-_HF_PALIGEMMA_DEFAULTS = {"projection_dim": 2048, "image_token_index": 256000,
-                          "pad_token_id": 0, "eos_token_id": 1, "bos_token_id": 2}
-_HF_GEMMA_CLASS_DEFAULTS = {"vocab_size": 256000, "hidden_size": 3072, "intermediate_size": 24576,
-                            "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 16,
-                            "head_dim": 256, "max_position_embeddings": 8192, "rms_norm_eps": 1e-6,
-                            "rope_theta": 10000.0}
-_HF_PALIGEMMA_TEXT_DEFAULTS = {**_HF_GEMMA_CLASS_DEFAULTS, "hidden_size": 2048, "num_hidden_layers": 18,
-                               "intermediate_size": 16384, "num_attention_heads": 8,
-                               "num_key_value_heads": 1, "vocab_size": 257152}
-_HF_SIGLIP_CLASS_DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                             "num_attention_heads": 12, "num_channels": 3, "image_size": 224,
-                             "patch_size": 16, "layer_norm_eps": 1e-6}
+_HF_PALIGEMMA_DEFAULTS = {
+    "projection_dim": 2048,
+    "image_token_index": 256000,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+    "bos_token_id": 2,
+}
+_HF_GEMMA_CLASS_DEFAULTS = {
+    "vocab_size": 256000,
+    "hidden_size": 3072,
+    "intermediate_size": 24576,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 16,
+    "head_dim": 256,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+}
+_HF_PALIGEMMA_TEXT_DEFAULTS = {
+    **_HF_GEMMA_CLASS_DEFAULTS,
+    "hidden_size": 2048,
+    "num_hidden_layers": 18,
+    "intermediate_size": 16384,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 1,
+    "vocab_size": 257152,
+}
+_HF_SIGLIP_CLASS_DEFAULTS = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "num_channels": 3,
+    "image_size": 224,
+    "patch_size": 16,
+    "layer_norm_eps": 1e-6,
+}
 # intermediate_size 4096 is transformers' default for PaliGemma, although the real model has 4304.
-_HF_PALIGEMMA_VISION_DEFAULTS = {**_HF_SIGLIP_CLASS_DEFAULTS, "intermediate_size": 4096, "hidden_size": 1152,
-                                 "patch_size": 14, "num_hidden_layers": 27, "num_attention_heads": 16}
+_HF_PALIGEMMA_VISION_DEFAULTS = {
+    **_HF_SIGLIP_CLASS_DEFAULTS,
+    "intermediate_size": 4096,
+    "hidden_size": 1152,
+    "patch_size": 14,
+    "num_hidden_layers": 27,
+    "num_attention_heads": 16,
+}
 # "gelu" is the legacy spelling in Gemma configs; transformers maps it to the tanh approximation.
 _TANH_GELU = ("gelu_pytorch_tanh", "gelu")
 
@@ -256,8 +308,10 @@ def _text_config_from_hf(text: dict[str, Any] | None) -> GemmaConfig:
     if not isinstance(text, dict):
         raise TypeError(f"text_config must be a JSON object, got {type(text).__name__}")
     if text.get("model_type", "gemma") != "gemma":
-        raise ValueError(f"text_config.model_type must be 'gemma' (PaliGemma 1), got {text['model_type']!r}; "
-                         "PaliGemma 2 (gemma2) is not supported")
+        raise ValueError(
+            f"text_config.model_type must be 'gemma' (PaliGemma 1), got {text['model_type']!r}; "
+            "PaliGemma 2 (gemma2) is not supported"
+        )
     if text.get("hidden_act", "gelu_pytorch_tanh") not in _TANH_GELU:
         raise ValueError(f"text_config.hidden_act must be 'gelu_pytorch_tanh', got {text['hidden_act']!r}")
     if text.get("attention_bias", False):
@@ -287,8 +341,10 @@ def _vision_config_from_hf(vision: dict[str, Any] | None) -> SiglipVisionConfig:
         raise ValueError(f"vision_config.hidden_act must be 'gelu_pytorch_tanh', got {vision['hidden_act']!r}")
     # transformers' SiglipVisionConfig defaults to a pooling head; PaliGemma uses every patch instead.
     if vision.get("vision_use_head", True):
-        raise ValueError("vision_config.vision_use_head must be false: PaliGemma feeds every patch to the "
-                         "decoder and has no pooling head (a missing key means true in transformers)")
+        raise ValueError(
+            "vision_config.vision_use_head must be false: PaliGemma feeds every patch to the "
+            "decoder and has no pooling head (a missing key means true in transformers)"
+        )
     values = {key: vision[key] for key in _HF_SIGLIP_CLASS_DEFAULTS if vision.get(key) is not None}
     values = {**_HF_SIGLIP_CLASS_DEFAULTS, **values}
     _check_types(values, {f.name: f.type for f in fields(SiglipVisionConfig)}, "vision_config")
@@ -299,11 +355,13 @@ def _check_types(values: dict[str, Any], types: dict[str, str], where: str) -> N
     """JSON gives ints, floats, strings...: refuse anything that is not the number a field expects."""
     for key, value in values.items():
         expected = types[key]
-        ok = (isinstance(value, int) and not isinstance(value, bool)) if expected == "int" else (
-            isinstance(value, (int, float)) and not isinstance(value, bool))
+        ok = (
+            (isinstance(value, int) and not isinstance(value, bool))
+            if expected == "int"
+            else (isinstance(value, (int, float)) and not isinstance(value, bool))
+        )
         if not ok:
-            raise TypeError(f"{where}.{key} must be {'an int' if expected == 'int' else 'a number'}, "
-                            f"got {value!r}")
+            raise TypeError(f"{where}.{key} must be {'an int' if expected == 'int' else 'a number'}, got {value!r}")
 
 
 def _check_positive(config: SiglipVisionConfig | GemmaConfig, where: str) -> None:

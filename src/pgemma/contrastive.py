@@ -53,8 +53,10 @@ INIT_BIAS = -10.0
 
 def _check_embeddings(image_emb: torch.Tensor, text_emb: torch.Tensor) -> None:
     if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
-        raise ValueError(f"expected image and text embeddings of the same shape (B, E), got "
-                         f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}")
+        raise ValueError(
+            f"expected image and text embeddings of the same shape (B, E), got "
+            f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}"
+        )
 
 
 def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, log_t: torch.Tensor) -> torch.Tensor:
@@ -82,8 +84,13 @@ def _pair_signs(rows: int, cols: int, positives_on_diagonal: bool, like: torch.T
     return signs
 
 
-def _pair_loss_sum(image_emb: torch.Tensor, text_emb: torch.Tensor, log_t: torch.Tensor,
-                   bias: torch.Tensor, positives_on_diagonal: bool) -> torch.Tensor:
+def _pair_loss_sum(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    log_t: torch.Tensor,
+    bias: torch.Tensor,
+    positives_on_diagonal: bool,
+) -> torch.Tensor:
     """The sum of -log sigmoid(z * logit) over one block of pairs, float[] (SigLIP, algorithm 1)."""
     logits = image_emb @ text_emb.T * log_t.exp() + bias  # (Bi, Bt)
     signs = _pair_signs(*logits.shape, positives_on_diagonal, logits)  # (Bi, Bt)
@@ -100,8 +107,14 @@ class _RecomputedPairLossSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, image_emb: torch.Tensor, text_emb: torch.Tensor, log_t: torch.Tensor,
-                bias: torch.Tensor, positives_on_diagonal: bool) -> torch.Tensor:
+    def forward(
+        ctx,
+        image_emb: torch.Tensor,
+        text_emb: torch.Tensor,
+        log_t: torch.Tensor,
+        bias: torch.Tensor,
+        positives_on_diagonal: bool,
+    ) -> torch.Tensor:
         ctx.save_for_backward(image_emb, text_emb, log_t, bias)
         ctx.positives_on_diagonal = positives_on_diagonal
         return _pair_loss_sum(image_emb, text_emb, log_t, bias, positives_on_diagonal)
@@ -113,12 +126,18 @@ class _RecomputedPairLossSum(torch.autograd.Function):
         cosines = image_emb @ text_emb.T  # (Bi, Bt)
         signs = _pair_signs(*cosines.shape, ctx.positives_on_diagonal, cosines)  # (Bi, Bt)
         g = -signs * torch.sigmoid(-signs * (cosines * temperature + bias)) * grad_loss  # (Bi, Bt)
-        return (temperature * g @ text_emb, temperature * g.T @ image_emb,
-                temperature * (g * cosines).sum(), g.sum(), None)
+        return (
+            temperature * g @ text_emb,
+            temperature * g.T @ image_emb,
+            temperature * (g * cosines).sum(),
+            g.sum(),
+            None,
+        )
 
 
-def sigmoid_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, log_t: torch.Tensor,
-                 bias: torch.Tensor) -> torch.Tensor:
+def sigmoid_loss(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, log_t: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
     """SigLIP's pairwise sigmoid loss: L = -1/B sum_ij log sigmoid(z_ij (t <x_i, y_j> + b)).
 
     Args:
@@ -132,8 +151,9 @@ def sigmoid_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, log_t: torch.T
     return _pair_loss_sum(image_emb, text_emb, log_t, bias, positives_on_diagonal=True) / len(image_emb)
 
 
-def chunked_sigmoid_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, log_t: torch.Tensor,
-                         bias: torch.Tensor, chunk_size: int) -> torch.Tensor:
+def chunked_sigmoid_loss(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, log_t: torch.Tensor, bias: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
     """`sigmoid_loss`, computed `chunk_size` captions at a time: same value, same gradients.
 
     Each block of logits is recomputed during the backward pass instead of being kept from the
@@ -178,15 +198,20 @@ def _exchange(x: torch.Tensor, step: int) -> torch.Tensor:
     rank, world = dist.get_rank(), dist.get_world_size()
     received = torch.empty_like(x)
     # Post both sides before waiting: a blocking send on every process at once would deadlock.
-    requests = dist.batch_isend_irecv([dist.P2POp(dist.isend, x.contiguous(), (rank + step) % world),
-                                       dist.P2POp(dist.irecv, received, (rank - step) % world)])
+    requests = dist.batch_isend_irecv(
+        [
+            dist.P2POp(dist.isend, x.contiguous(), (rank + step) % world),
+            dist.P2POp(dist.irecv, received, (rank - step) % world),
+        ]
+    )
     for request in requests:
         request.wait()
     return received
 
 
-def ring_sigmoid_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, log_t: torch.Tensor,
-                      bias: torch.Tensor) -> torch.Tensor:
+def ring_sigmoid_loss(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, log_t: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
     """This process's share of `sigmoid_loss` over the whole batch spread across D processes.
 
     Process r holds pairs r*b ... r*b + b - 1 (b = B / D, equal on every process). It first scores
@@ -212,8 +237,16 @@ def ring_sigmoid_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, log_t: to
     return total / (len(image_emb) * world)
 
 
-def _ring_worker(rank: int, world: int, init_method: str, folder: str, image_emb: torch.Tensor,
-                 text_emb: torch.Tensor, log_t: float, bias: float) -> None:
+def _ring_worker(
+    rank: int,
+    world: int,
+    init_method: str,
+    folder: str,
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    log_t: float,
+    bias: float,
+) -> None:
     # One thread per process: each plays one device, and a forked process must not use the
     # parent's thread pool (fork copies none of its threads, and waiting for them hangs).
     torch.set_num_threads(1)
@@ -230,15 +263,23 @@ def _ring_worker(rank: int, world: int, init_method: str, folder: str, image_emb
         scalar_grads = torch.stack([log_t_param.grad, bias_param.grad])  # (2,)
         dist.all_reduce(loss)  # sum of the shares: the loss of the whole batch
         dist.all_reduce(scalar_grads)  # what DistributedDataParallel would do for shared parameters
-        torch.save({"loss": loss, "image_grad": image_part.grad, "text_grad": text_part.grad,
-                    "log_t_grad": scalar_grads[0], "bias_grad": scalar_grads[1]},
-                   os.path.join(folder, f"rank{rank}.pt"))
+        torch.save(
+            {
+                "loss": loss,
+                "image_grad": image_part.grad,
+                "text_grad": text_part.grad,
+                "log_t_grad": scalar_grads[0],
+                "bias_grad": scalar_grads[1],
+            },
+            os.path.join(folder, f"rank{rank}.pt"),
+        )
     finally:
         dist.destroy_process_group()
 
 
-def run_ring_sigmoid_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, log_t: float, bias: float,
-                          world_size: int) -> dict[str, torch.Tensor]:
+def run_ring_sigmoid_loss(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, log_t: float, bias: float, world_size: int
+) -> dict[str, torch.Tensor]:
     """Start `world_size` CPU processes (gloo backend), run `ring_sigmoid_loss` and its backward.
 
     A demonstration harness: the batch is split into equal slices, one per process, and the
@@ -256,14 +297,21 @@ def run_ring_sigmoid_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, log_t
         # Forked processes start in milliseconds with torch already imported; spawned ones (the
         # only choice on some systems) import everything again, which takes seconds.
         start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        mp.start_processes(_ring_worker, args=(world_size, init_method, folder, image_emb.detach(),
-                                               text_emb.detach(), float(log_t), float(bias)),
-                           nprocs=world_size, join=True, start_method=start_method)
+        mp.start_processes(
+            _ring_worker,
+            args=(world_size, init_method, folder, image_emb.detach(), text_emb.detach(), float(log_t), float(bias)),
+            nprocs=world_size,
+            join=True,
+            start_method=start_method,
+        )
         parts = [torch.load(os.path.join(folder, f"rank{rank}.pt")) for rank in range(world_size)]
-    return {"loss": parts[0]["loss"],
-            "image_grad": torch.cat([part["image_grad"] for part in parts]),
-            "text_grad": torch.cat([part["text_grad"] for part in parts]),
-            "log_t_grad": parts[0]["log_t_grad"], "bias_grad": parts[0]["bias_grad"]}
+    return {
+        "loss": parts[0]["loss"],
+        "image_grad": torch.cat([part["image_grad"] for part in parts]),
+        "text_grad": torch.cat([part["text_grad"] for part in parts]),
+        "log_t_grad": parts[0]["log_t_grad"],
+        "bias_grad": parts[0]["bias_grad"],
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,16 +340,21 @@ class SiglipMultiheadAttentionPoolingHead(nn.Module):
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = SiglipMLP(config)
 
-    def forward(self, hidden: torch.Tensor, return_weights: bool = False
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, hidden: torch.Tensor, return_weights: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """float[B, P, D] -> float[B, D]; with `return_weights`, also float[B, N, P], where the
         probe looks (each head's weights sum to 1 over the patches)."""
         batch, length, width = hidden.shape
         w_q, w_k, w_v = self.attention.in_proj_weight.chunk(3)  # (D, D) each
         b_q, b_k, b_v = self.attention.in_proj_bias.chunk(3)  # (D,) each
         q = F.linear(self.probe, w_q, b_q).view(1, 1, self.num_heads, self.head_dim).transpose(1, 2)  # (1, N, 1, H)
-        k = F.linear(hidden, w_k, b_k).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, N, P, H)
-        v = F.linear(hidden, w_v, b_v).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, N, P, H)
+        k = (
+            F.linear(hidden, w_k, b_k).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        )  # (B, N, P, H)
+        v = (
+            F.linear(hidden, w_v, b_v).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        )  # (B, N, P, H)
         pooled, weights = attention(q.expand(batch, -1, -1, -1), k, v, return_weights=True)  # (B, N, 1, H)
         pooled = self.attention.out_proj(pooled.transpose(1, 2).reshape(batch, width))  # (B, D)
         pooled = pooled + self.mlp(self.layernorm(pooled))  # (B, D)

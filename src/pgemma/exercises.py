@@ -15,8 +15,11 @@ def check(answer, expected, name: str = "answer", tolerance: float = 1e-6) -> No
         print(f"{name}: not answered yet (replace None with your answer and run the cell again)")
         return
     if isinstance(expected, torch.Tensor):
-        correct = (isinstance(answer, torch.Tensor) and answer.shape == expected.shape
-                   and torch.allclose(answer.float(), expected.float(), atol=tolerance, rtol=0))
+        correct = (
+            isinstance(answer, torch.Tensor)
+            and answer.shape == expected.shape
+            and torch.allclose(answer.float(), expected.float(), atol=tolerance, rtol=0)
+        )
     elif isinstance(expected, float):
         correct = isinstance(answer, (int, float)) and math.isclose(answer, expected, abs_tol=tolerance)
     else:

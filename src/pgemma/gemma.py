@@ -107,8 +107,16 @@ class GemmaDecoderLayer(nn.Module):
         self.post_attention_layernorm = GemmaRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = GemmaMLP(config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                kv_cache: KVCache | None, layer: int, attentions: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        kv_cache: KVCache | None,
+        layer: int,
+        attentions: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """float[B, T, D] -> float[B, T, D]; the arguments are ``GemmaAttention.forward``'s."""
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, kv_cache, layer, attentions)
         return x + self.mlp(self.post_attention_layernorm(x))

@@ -204,8 +204,9 @@ def generate_tokens(
     if not isinstance(batch, ProcessorBatch):
         raise TypeError(f"batch must be a ProcessorBatch from PaliGemmaProcessor, got {type(batch).__name__}")
     if not isinstance(sampling, Sampling):
-        raise TypeError(f"sampling must be a Sampling, e.g. Sampling(do_sample=True, temperature=0.8), "
-                        f"got {sampling!r}")
+        raise TypeError(
+            f"sampling must be a Sampling, e.g. Sampling(do_sample=True, temperature=0.8), got {sampling!r}"
+        )
     if not _is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     config = model.config
@@ -246,7 +247,7 @@ def generate_tokens(
             return
         new_ids = next_token[:, None]  # (B, 1)
         next_position = next_position + 1
-        attention_mask = full_attention_mask[:, :prompt_length + step + 1]  # (B, S)
+        attention_mask = full_attention_mask[:, : prompt_length + step + 1]  # (B, S)
         if use_cache:
             # Decode: only the new token; the cache holds everything before it.
             output = model.decode_step(new_ids, attention_mask if padded else None, next_position, output.kv_cache)
@@ -275,13 +276,13 @@ class TextStreamer:
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd") or not text.startswith(self.text):
             return ""
-        piece, self.text = text[len(self.text):], text
+        piece, self.text = text[len(self.text) :], text
         return piece
 
     def flush(self) -> str:
         """Whatever was held back, once no more tokens will come."""
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        piece, self.text = text[len(self.text):] if text.startswith(self.text) else "", text
+        piece, self.text = text[len(self.text) :] if text.startswith(self.text) else "", text
         return piece
 
 
@@ -295,8 +296,10 @@ def _check_pair(model: PaliGemmaForConditionalGeneration, processor: PaliGemmaPr
     for name in ("image_size", "num_image_tokens"):
         value, needed = getattr(processor, name), getattr(expected, name)
         if value != needed:
-            raise ValueError(f"the processor's {name} is {value} but the model's config needs {needed}; "
-                             "load both from the same checkpoint folder")
+            raise ValueError(
+                f"the processor's {name} is {value} but the model's config needs {needed}; "
+                "load both from the same checkpoint folder"
+            )
 
 
 def generate(

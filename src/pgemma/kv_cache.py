@@ -39,12 +39,16 @@ class KVCache:
     ) -> KVCache:
         """Allocate room for ``max_length`` tokens (prompt + generated) in every decoder layer."""
         if max_length > config.max_position_embeddings:
-            raise ValueError(f"max_length ({max_length}) exceeds the context of "
-                             f"max_position_embeddings={config.max_position_embeddings}")
+            raise ValueError(
+                f"max_length ({max_length}) exceeds the context of "
+                f"max_position_embeddings={config.max_position_embeddings}"
+            )
         shape = (batch_size, config.num_key_value_heads, max_length, config.head_dim)  # (B, K, S_max, H)
         layers = range(config.num_hidden_layers)
-        return cls(keys=tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in layers),
-                   values=tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in layers))
+        return cls(
+            keys=tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in layers),
+            values=tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in layers),
+        )
 
     @property
     def batch_size(self) -> int:
@@ -65,10 +69,12 @@ class KVCache:
         """
         end = self.length + k.shape[2]
         if end > self.max_length:
-            raise ValueError(f"the KV cache holds {self.max_length} tokens; {self.length} are stored and "
-                             f"{k.shape[2]} more do not fit; allocate a longer one with KVCache.empty")
-        self.keys[layer][:, :, self.length:end] = k
-        self.values[layer][:, :, self.length:end] = v
+            raise ValueError(
+                f"the KV cache holds {self.max_length} tokens; {self.length} are stored and "
+                f"{k.shape[2]} more do not fit; allocate a longer one with KVCache.empty"
+            )
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]  # (B, K, S, H)
 
     def advance(self, num_tokens: int) -> KVCache:

@@ -44,8 +44,9 @@ def boxes_to_loc_tokens(box_yxyx: Sequence[float], image_size: int | tuple[int, 
         raise ValueError(f"a box is (y_min, x_min, y_max, x_max), got {len(box_yxyx)} numbers")
     y_min, x_min, y_max, x_max = box_yxyx
     if not (0 <= y_min <= y_max <= height and 0 <= x_min <= x_max <= width):
-        raise ValueError(f"box {tuple(box_yxyx)} is not a (y_min, x_min, y_max, x_max) box inside "
-                         f"a {height}x{width} image")
+        raise ValueError(
+            f"box {tuple(box_yxyx)} is not a (y_min, x_min, y_max, x_max) box inside a {height}x{width} image"
+        )
     sides = (height, width, height, width)
     bins = [min(NUM_LOC_TOKENS - 1, int(v / side * NUM_LOC_TOKENS)) for v, side in zip(box_yxyx, sides)]
     return "".join(f"<loc{b:04d}>" for b in bins)
@@ -65,7 +66,6 @@ def parse_loc_tokens(
     height, width = (1, 1) if image_size is None else _height_width(image_size)
     sides = (height, width, height, width)
     return [
-        (tuple(int(k) / NUM_LOC_TOKENS * side for k, side in zip(match.groups()[:4], sides)),
-         match.group(6).strip())
+        (tuple(int(k) / NUM_LOC_TOKENS * side for k, side in zip(match.groups()[:4], sides)), match.group(6).strip())
         for match in _LOC_BOX.finditer(text)
     ]

@@ -76,8 +76,9 @@ def prefix_lm_mask(token_type_ids: torch.Tensor, key_length: int | None = None) 
     is_prefix = token_type_ids == 0  # (B, T)
     # Both query and key are prefix tokens. Keys in the cache (the first `offset`) already count as
     # visible through `causal`, so the new tokens' types decide the rest.
-    both_prefix = torch.zeros(token_type_ids.shape[0], query_length, key_length, dtype=torch.bool,
-                              device=token_type_ids.device)  # (B, T, S)
+    both_prefix = torch.zeros(
+        token_type_ids.shape[0], query_length, key_length, dtype=torch.bool, device=token_type_ids.device
+    )  # (B, T, S)
     both_prefix[:, :, offset:] = is_prefix[:, :, None] & is_prefix[:, None, :]
     return causal[None] | both_prefix  # (B, T, S)
 

@@ -83,8 +83,9 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         """P: the prompt must hold this many ``<image>`` tokens per image."""
         return self.config.num_image_tokens
 
-    def embed_image(self, pixel_values: torch.Tensor,
-                    attentions: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def embed_image(
+        self, pixel_values: torch.Tensor, attentions: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """float[B, C, I, I] in [-1, 1] -> (image features float[B, P, D], SigLIP's hidden states).
 
         ``attentions``: a list to append SigLIP's attention weights to (``SiglipEncoder.forward``).
@@ -147,8 +148,7 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         step; identical for one new token per row).
         """
         cache_length = 0 if kv_cache is None else kv_cache.length
-        self._check_inputs(input_ids, pixel_values, attention_mask, token_type_ids, position_ids,
-                           kv_cache, labels)
+        self._check_inputs(input_ids, pixel_values, attention_mask, token_type_ids, position_ids, kv_cache, labels)
         batch, length = input_ids.shape
         # Lists that every attention layer appends its weights to; None: the weights are not formed.
         vision_attentions, decoder_attentions = ([], []) if output_attentions else (None, None)
@@ -161,17 +161,20 @@ class PaliGemmaForConditionalGeneration(nn.Module):
             # transformers' PaliGemma: 1, 2, 3... continuing after the cache, the same in every row.
             position_ids = torch.arange(length, device=input_ids.device) + cache_length + 1
         position_ids = position_ids.expand(batch, length)  # (B, T)
-        mask = decoder_mask(length, cache_length + length, attention_mask, token_type_ids, batch,
-                            input_ids.device)  # (B, 1, T, S)
+        mask = decoder_mask(
+            length, cache_length + length, attention_mask, token_type_ids, batch, input_ids.device
+        )  # (B, 1, T, S)
         if labels is not None and logits_to_keep is not None:
             raise ValueError("the loss needs the logits of every position: pass logits_to_keep=None with labels")
-        logits, kv_cache, decoder_states = self.language_model(inputs_embeds, mask, position_ids, kv_cache,
-                                                               logits_to_keep, decoder_attentions)
+        logits, kv_cache, decoder_states = self.language_model(
+            inputs_embeds, mask, position_ids, kv_cache, logits_to_keep, decoder_attentions
+        )
         loss = None
         if labels is not None:
             # Position t predicts token t + 1: drop the last logit and the first label.
-            loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(),
-                                   ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(
+                logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
+            )
         hidden_states = None
         if output_hidden_states:
             hidden_states = PaliGemmaHiddenStates(vision_states, image_features, decoder_states)
@@ -216,24 +219,32 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         """Refuse inputs that would otherwise fail deep inside, or silently compute nonsense."""
         config, text = self.config, self.config.text_config
         if not isinstance(input_ids, torch.Tensor) or input_ids.dtype.is_floating_point or input_ids.ndim != 2:
-            raise TypeError("input_ids must be an integer tensor of shape (batch, length), got "
-                            f"{getattr(input_ids, 'dtype', type(input_ids))} {tuple(getattr(input_ids, 'shape', ()))}")
+            raise TypeError(
+                "input_ids must be an integer tensor of shape (batch, length), got "
+                f"{getattr(input_ids, 'dtype', type(input_ids))} {tuple(getattr(input_ids, 'shape', ()))}"
+            )
         batch, length = input_ids.shape
         if length == 0:
             raise ValueError("input_ids is empty: pass at least one token per row")
         smallest, largest = (value.item() for value in torch.aminmax(input_ids))
         if smallest < 0 or largest >= text.vocab_size:
-            raise ValueError(f"input_ids must be in [0, {text.vocab_size}) (the vocabulary size), "
-                             f"got values from {smallest} to {largest}")
+            raise ValueError(
+                f"input_ids must be in [0, {text.vocab_size}) (the vocabulary size), "
+                f"got values from {smallest} to {largest}"
+            )
         cache_length = 0 if kv_cache is None else kv_cache.length
         if cache_length + length > text.max_position_embeddings:
-            raise ValueError(f"{cache_length} cached + {length} new tokens exceed the context of "
-                             f"max_position_embeddings={text.max_position_embeddings}")
+            raise ValueError(
+                f"{cache_length} cached + {length} new tokens exceed the context of "
+                f"max_position_embeddings={text.max_position_embeddings}"
+            )
         if kv_cache is not None and kv_cache.batch_size != batch:
             raise ValueError(f"kv_cache was made for batch size {kv_cache.batch_size}, input_ids has {batch}")
-        expected = {"attention_mask": (attention_mask, (batch, cache_length + length)),
-                    "token_type_ids": (token_type_ids, (batch, length)),
-                    "labels": (labels, (batch, length))}
+        expected = {
+            "attention_mask": (attention_mask, (batch, cache_length + length)),
+            "token_type_ids": (token_type_ids, (batch, length)),
+            "labels": (labels, (batch, length)),
+        }
         for name, (tensor, shape) in expected.items():
             if tensor is not None and tuple(tensor.shape) != shape:
                 what = " (cached + new tokens)" if name == "attention_mask" and cache_length else ""
@@ -243,16 +254,22 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         image_tokens = (input_ids == config.image_token_index).sum(dim=1)  # (B,)
         if pixel_values is None:
             if image_tokens.any():
-                raise ValueError(f"input_ids hold {image_tokens.sum().item()} <image> tokens but pixel_values "
-                                 "is None; pass the images")
+                raise ValueError(
+                    f"input_ids hold {image_tokens.sum().item()} <image> tokens but pixel_values "
+                    "is None; pass the images"
+                )
             return
         vision = config.vision_config
         image_shape = (vision.num_channels, vision.image_size, vision.image_size)
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != image_shape:
-            raise ValueError(f"pixel_values must have shape (images, {', '.join(map(str, image_shape))}), got "
-                             f"{tuple(pixel_values.shape)}; resize and normalize images with the processor")
+            raise ValueError(
+                f"pixel_values must have shape (images, {', '.join(map(str, image_shape))}), got "
+                f"{tuple(pixel_values.shape)}; resize and normalize images with the processor"
+            )
         per_image = self.num_image_tokens
         if (image_tokens % per_image).any() or image_tokens.sum() != pixel_values.shape[0] * per_image:
-            raise ValueError(f"each image needs {per_image} <image> tokens (id {config.image_token_index}) "
-                             f"in its row; got {image_tokens.tolist()} per row for {pixel_values.shape[0]} "
-                             "image(s)")
+            raise ValueError(
+                f"each image needs {per_image} <image> tokens (id {config.image_token_index}) "
+                f"in its row; got {image_tokens.tolist()} per row for {pixel_values.shape[0]} "
+                "image(s)"
+            )

@@ -35,8 +35,7 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     batch, channels, height, width = images.shape
     if height % patch_size or width % patch_size:
         raise ValueError(
-            f"image size {height}x{width} is not divisible by patch size {patch_size}; "
-            "resize or crop the image first"
+            f"image size {height}x{width} is not divisible by patch size {patch_size}; resize or crop the image first"
         )
     rows, cols = height // patch_size, width // patch_size
     patches = images.reshape(batch, channels, rows, patch_size, cols, patch_size)
@@ -55,8 +54,10 @@ def unpatchify(patches: torch.Tensor, patch_size: int, height: int, width: int) 
     batch, num_patches, patch_dim = patches.shape
     rows, cols = height // patch_size, width // patch_size
     if num_patches != rows * cols:
-        raise ValueError(f"{num_patches} patches do not tile a {height}x{width} image "
-                         f"with patch size {patch_size} ({rows * cols} expected)")
+        raise ValueError(
+            f"{num_patches} patches do not tile a {height}x{width} image "
+            f"with patch size {patch_size} ({rows * cols} expected)"
+        )
     channels = patch_dim // (patch_size * patch_size)
     grid = patches.reshape(batch, rows, cols, channels, patch_size, patch_size)
     grid = grid.permute(0, 3, 1, 4, 2, 5)  # (B, C, rows, p, cols, p)

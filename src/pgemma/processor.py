@@ -89,9 +89,7 @@ class PaliGemmaProcessor:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if max_length is not None and max_length <= num_image_tokens + 2:
-            raise ValueError(
-                f"max_length {max_length} leaves no room for text after {num_image_tokens} image tokens"
-            )
+            raise ValueError(f"max_length {max_length} leaves no room for text after {num_image_tokens} image tokens")
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.num_image_tokens = num_image_tokens
@@ -105,20 +103,28 @@ class PaliGemmaProcessor:
         Refuses a tokenizer whose <image>, <eos> or <pad> id is not the config's, or that has more
         ids than the model embeds: its prompts would be misread silently.
         """
-        processor = cls(tokenizer, config.vision_config.image_size, config.num_image_tokens,
-                        max_length=config.text_config.max_position_embeddings)
+        processor = cls(
+            tokenizer,
+            config.vision_config.image_size,
+            config.num_image_tokens,
+            max_length=config.text_config.max_position_embeddings,
+        )
         for name, expected, token, found in [
             ("image_token_index", config.image_token_index, IMAGE, tokenizer.image_id),
             ("eos_token_id", config.eos_token_id, EOS, tokenizer.eos_id),
             ("pad_token_id", config.pad_token_id, PAD, tokenizer.pad_id),
         ]:
             if found != expected:
-                raise ValueError(f"{name} is {expected} but the tokenizer's {token} is {found}; "
-                                 "the tokenizer does not belong to this model")
+                raise ValueError(
+                    f"{name} is {expected} but the tokenizer's {token} is {found}; "
+                    "the tokenizer does not belong to this model"
+                )
         if tokenizer.vocab_size > config.text_config.vocab_size:
-            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model embeds only "
-                             f"text_config.vocab_size={config.text_config.vocab_size}; the tokenizer does not "
-                             "belong to this model")
+            raise ValueError(
+                f"the tokenizer has {tokenizer.vocab_size} ids but the model embeds only "
+                f"text_config.vocab_size={config.text_config.vocab_size}; the tokenizer does not "
+                "belong to this model"
+            )
         return processor
 
     # ---- Images ------------------------------------------------------------------------------
@@ -135,8 +141,7 @@ class PaliGemmaProcessor:
             image = self._array_to_image(image)
         elif not isinstance(image, Image.Image):
             raise TypeError(
-                "an image must be a file path, a PIL.Image or a numpy uint8 array, "
-                f"got {type(image).__name__}"
+                f"an image must be a file path, a PIL.Image or a numpy uint8 array, got {type(image).__name__}"
             )
         self._check_pixels(image.size, "image")
         if image.mode == "RGB":
@@ -184,9 +189,7 @@ class PaliGemmaProcessor:
     def _check_pixels(self, size: tuple[int, int], what: str) -> None:
         width, height = size
         if width * height > self.max_image_pixels:
-            raise ValueError(
-                f"{what} is too large: {width}x{height} pixels, the limit is {self.max_image_pixels}"
-            )
+            raise ValueError(f"{what} is too large: {width}x{height} pixels, the limit is {self.max_image_pixels}")
 
     def resize(self, image: Image.Image) -> Image.Image:
         """Resize to I x I with bicubic interpolation, ignoring the aspect ratio (as PaliGemma does)."""

@@ -67,8 +67,13 @@ def random_batch(config: PaliGemmaConfig, batch_size: int, text_length: int, see
     input_ids = torch.cat([image, bos, text], dim=1)  # (B, T)
     size = config.vision_config.image_size
     pixel_values = torch.rand(batch_size, 3, size, size, generator=generator) * 2 - 1  # (B, C, I, I) in [-1, 1]
-    return ProcessorBatch(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                          token_type_ids=torch.zeros_like(input_ids), pixel_values=pixel_values, labels=None)
+    return ProcessorBatch(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        token_type_ids=torch.zeros_like(input_ids),
+        pixel_values=pixel_values,
+        labels=None,
+    )
 
 
 class DecodeTiming(NamedTuple):
@@ -95,8 +100,10 @@ def _decode_once(
         times.append(now - start)
         start = now
     if len(times) != new_tokens:
-        raise ValueError(f"generation stopped at <eos> after {len(times)} of {new_tokens} tokens; "
-                         "time a prompt (or model) whose answer is at least new_tokens long")
+        raise ValueError(
+            f"generation stopped at <eos> after {len(times)} of {new_tokens} tokens; "
+            "time a prompt (or model) whose answer is at least new_tokens long"
+        )
     return times
 
 

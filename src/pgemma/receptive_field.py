@@ -24,8 +24,9 @@ def make_cnn(num_layers: int, channels: int = 8, kernel_size: int = 3, in_channe
         raise ValueError(f"need num_layers >= 1 and an odd kernel_size, got {num_layers} and {kernel_size}")
     layers: list[nn.Module] = []
     for index in range(num_layers):
-        layers.append(nn.Conv2d(in_channels if index == 0 else channels, channels, kernel_size,
-                                padding=kernel_size // 2))
+        layers.append(
+            nn.Conv2d(in_channels if index == 0 else channels, channels, kernel_size, padding=kernel_size // 2)
+        )
         layers.append(nn.GELU())
     return nn.Sequential(*layers)
 

@@ -50,7 +50,8 @@ def load_reference_model(path: str | Path, dtype: torch.dtype = torch.float32) -
     import transformers
 
     model = transformers.PaliGemmaForConditionalGeneration.from_pretrained(
-        path, dtype=dtype, attn_implementation="eager")
+        path, dtype=dtype, attn_implementation="eager"
+    )
     return model.eval()
 
 

@@ -21,8 +21,9 @@ class SiglipVisionEmbeddings(nn.Module):
         super().__init__()
         # A convolution whose kernel and stride are both the patch size is a linear map applied to
         # each non-overlapping patch: the ViT patch embedding in one call.
-        self.patch_embedding = nn.Conv2d(config.num_channels, config.hidden_size,
-                                         kernel_size=config.patch_size, stride=config.patch_size)
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
         self.position_embedding = nn.Embedding(config.num_patches, config.hidden_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -117,8 +118,9 @@ class SiglipVisionTransformer(nn.Module):
         self.encoder = SiglipEncoder(config, use_sdpa)
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, pixel_values: torch.Tensor,
-                attentions: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, pixel_values: torch.Tensor, attentions: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """float[B, C, I, I] -> (patch features float[B, P, D], the encoder's hidden states).
 
         The hidden states (patch embeddings, then each layer's output) are kept for inspection, and
@@ -135,6 +137,7 @@ class SiglipVisionModel(nn.Module):
         super().__init__()
         self.vision_model = SiglipVisionTransformer(config, use_sdpa)
 
-    def forward(self, pixel_values: torch.Tensor,
-                attentions: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, pixel_values: torch.Tensor, attentions: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return self.vision_model(pixel_values, attentions)

@@ -57,14 +57,25 @@ def _register_location_tokens(tokenizer: Tokenizer) -> Tokenizer:
     `tokenizer.add_tokens(EXTRA_TOKENS)`. Returns the tokenizer unchanged when nothing needs it.
     """
     present = {t: i for t in LOC_TOKENS + SEG_TOKENS if (i := tokenizer.token_to_id(t)) is not None}
-    if all(tokenizer.encode(t, add_special_tokens=False).ids == [i] and tokenizer.decode([i]) == t
-           for t, i in present.items()):
+    if all(
+        tokenizer.encode(t, add_special_tokens=False).ids == [i] and tokenizer.decode([i]) == t
+        for t, i in present.items()
+    ):
         return tokenizer
     state = json.loads(tokenizer.to_str())
     added = {entry["content"]: entry for entry in state["added_tokens"]}
     for token, token_id in present.items():
-        entry = added.setdefault(token, {"id": token_id, "content": token, "single_word": False, "lstrip": False,
-                                         "rstrip": False, "normalized": False})
+        entry = added.setdefault(
+            token,
+            {
+                "id": token_id,
+                "content": token,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+            },
+        )
         entry["special"] = False
     state["added_tokens"] = sorted(added.values(), key=lambda entry: entry["id"])
     return Tokenizer.from_str(json.dumps(state))
@@ -201,9 +212,7 @@ class PaliGemmaTokenizer:
                 raise ValueError(f"{model_path} is not a valid SentencePiece model: {error}") from None
             path = model_path
         else:
-            raise ValueError(
-                f"no tokenizer in {str(folder)!r}: expected {TOKENIZER_JSON} or {TOKENIZER_MODEL}"
-            )
+            raise ValueError(f"no tokenizer in {str(folder)!r}: expected {TOKENIZER_JSON} or {TOKENIZER_MODEL}")
         try:
             return cls(backend)
         except ValueError as error:

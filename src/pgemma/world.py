@@ -26,8 +26,9 @@ kinds that are present.
 
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 from PIL import Image, ImageDraw
 
@@ -61,11 +62,15 @@ class WorldConfig:
 
     def __post_init__(self):
         if not 1 <= self.min_shapes <= self.max_shapes <= len(self.kinds):
-            raise ValueError(f"need 1 <= min_shapes <= max_shapes <= {len(self.kinds)} kinds, got "
-                             f"min_shapes={self.min_shapes}, max_shapes={self.max_shapes}")
+            raise ValueError(
+                f"need 1 <= min_shapes <= max_shapes <= {len(self.kinds)} kinds, got "
+                f"min_shapes={self.min_shapes}, max_shapes={self.max_shapes}"
+            )
         if self.max_shapes * (self.min_side + 2) > self.image_size:
-            raise ValueError(f"{self.max_shapes} shapes of side >= {self.min_side} do not fit side "
-                             f"by side in {self.image_size} px; lower max_shapes or min_side")
+            raise ValueError(
+                f"{self.max_shapes} shapes of side >= {self.min_side} do not fit side "
+                f"by side in {self.image_size} px; lower max_shapes or min_side"
+            )
         unknown = set(self.colours) - set(PALETTE)
         if unknown:
             raise ValueError(f"unknown colours {sorted(unknown)}; choose from {sorted(PALETTE)}")
@@ -140,8 +145,7 @@ def sample_scene(seed: int, cfg: WorldConfig = WorldConfig()) -> Scene:
         x += gap
         y = rng.randint(0, cfg.image_size - side)
         colour = rng.choice(cfg.colours)
-        rgb = tuple(min(255, max(0, c + rng.randint(-cfg.colour_jitter, cfg.colour_jitter)))
-                    for c in PALETTE[colour])
+        rgb = tuple(min(255, max(0, c + rng.randint(-cfg.colour_jitter, cfg.colour_jitter))) for c in PALETTE[colour])
         shapes.append(Shape(kind, colour, rgb, (y, x, y + side, x + side)))
         x += side + 2
     return Scene(seed, cfg.image_size, (_muted(rng), _muted(rng)), tuple(shapes))
@@ -155,8 +159,10 @@ def render(scene: Scene) -> Image.Image:
     (r0, g0, b0), (r1, g1, b1) = scene.background
     for row in range(size):
         t = row / max(1, size - 1)
-        draw.line([(0, row), (size - 1, row)],
-                  fill=(round(r0 + t * (r1 - r0)), round(g0 + t * (g1 - g0)), round(b0 + t * (b1 - b0))))
+        draw.line(
+            [(0, row), (size - 1, row)],
+            fill=(round(r0 + t * (r1 - r0)), round(g0 + t * (g1 - g0)), round(b0 + t * (b1 - b0))),
+        )
     for shape in scene.shapes:
         y0, x0, y1, x1 = shape.box
         corners = [x0, y0, x1 - 1, y1 - 1]  # PIL's boxes include their last pixel
@@ -197,8 +203,10 @@ def scene_tasks(scene: Scene, rng: random.Random | None = None) -> dict[str, tup
         "caption": ("caption en", caption(scene)),
         "colour": (f"answer en what colour is the {asked.kind}?", asked.colour),
         "count": ("answer en how many shapes?", str(len(scene.shapes))),
-        "detect": ("detect " + " ; ".join(s.kind for s in detected),
-                   " ; ".join(f"{boxes_to_loc_tokens(s.box, scene.size)} {s.kind}" for s in detected)),
+        "detect": (
+            "detect " + " ; ".join(s.kind for s in detected),
+            " ; ".join(f"{boxes_to_loc_tokens(s.box, scene.size)} {s.kind}" for s in detected),
+        ),
     }
 
 

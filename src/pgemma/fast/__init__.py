@@ -23,8 +23,9 @@ from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from pgemma.siglip import SiglipAttention
 
 
-def prepare_for_speed(model: PaliGemmaForConditionalGeneration, *,
-                      compile_decoder: bool = False) -> PaliGemmaForConditionalGeneration:
+def prepare_for_speed(
+    model: PaliGemmaForConditionalGeneration, *, compile_decoder: bool = False
+) -> PaliGemmaForConditionalGeneration:
     """Make ``model`` faster for inference, in place, and return it; its outputs stay equal up to rounding.
 
     The steps, in order:

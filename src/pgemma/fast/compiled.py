@@ -45,7 +45,9 @@ def compile_decoder(model: PaliGemmaForConditionalGeneration) -> PaliGemmaForCon
         RuntimeError: when no C++ compiler is found (torch.compile needs one on the CPU).
     """
     if cpp_compiler() is None:
-        raise RuntimeError("compile_decoder needs a C++ compiler for torch.compile (none of $CXX, g++, "
-                           "clang++ was found); install one, e.g. `apt install g++`, or use the model uncompiled")
+        raise RuntimeError(
+            "compile_decoder needs a C++ compiler for torch.compile (none of $CXX, g++, "
+            "clang++ was found); install one, e.g. `apt install g++`, or use the model uncompiled"
+        )
     model.language_model.compile(dynamic=True, options={"cpp_wrapper": True})
     return model

@@ -114,7 +114,7 @@ class FusedGemmaAttention(GemmaAttention):
         heads, kv_heads = self.num_heads, self.num_kv_heads
         qkv = self.qkv(x).view(batch, length, heads + 2 * kv_heads, self.head_dim)  # (B, T, N+2K, H)
         qkv = qkv.transpose(1, 2)  # (B, N+2K, T, H)
-        return qkv[:, :heads], qkv[:, heads:heads + kv_heads], qkv[:, heads + kv_heads:]  # (B, N or K, T, H)
+        return qkv[:, :heads], qkv[:, heads : heads + kv_heads], qkv[:, heads + kv_heads :]  # (B, N or K, T, H)
 
 
 class FusedGemmaMLP(GemmaMLP):

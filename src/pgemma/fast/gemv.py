@@ -78,5 +78,9 @@ def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
 def _give_up(shape: tuple[int, ...], reason: str) -> None:
     """Remember that ``shape`` does not compile and say so, once."""
     _failed_shapes.add(shape)
-    warnings.warn(f"pgemma.fast.gemv: no compiled product for a {shape[0]} x {shape[1]} weight ({reason}); "
-                  "its one-row products use another kernel", RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"pgemma.fast.gemv: no compiled product for a {shape[0]} x {shape[1]} weight ({reason}); "
+        "its one-row products use another kernel",
+        RuntimeWarning,
+        stacklevel=3,
+    )

@@ -40,8 +40,12 @@ def run(recipe: Recipe, out: Path, eval_scenes: int = 300, curve_scenes: int = 1
     if recipe.stage0.steps:
         curves["stage0"] = pretrain_vision(model, processor, recipe, out / "stage0.safetensors")
     curves["stage1"] = train_prefix_lm(
-        model, processor, recipe, out / "stage1.safetensors",
-        on_eval=lambda: evaluate(model, processor, recipe.world, curve_scenes, generate_boxes=False))
+        model,
+        processor,
+        recipe,
+        out / "stage1.safetensors",
+        on_eval=lambda: evaluate(model, processor, recipe.world, curve_scenes, generate_boxes=False),
+    )
     final = evaluate(model, processor, recipe.world, eval_scenes)
     export(model, tokenizer, out / "model")
     (out / "curves.json").write_text(json.dumps({"recipe": asdict(recipe), **curves, "final": final}, indent=2))
@@ -55,8 +59,9 @@ def export(model: PaliGemmaForConditionalGeneration, tokenizer: PaliGemmaTokeniz
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pgemma.train",
-                                     description="Train a small PaliGemma on the book's world of coloured shapes.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pgemma.train", description="Train a small PaliGemma on the book's world of coloured shapes."
+    )
     parser.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, curves.json, model/")
     parser.add_argument("--recipe", choices=["shipped", "tiny"], default="shipped")
     parser.add_argument("--eval-scenes", type=int, default=300, help="held-out scenes for the final evaluation")

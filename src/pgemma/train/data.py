@@ -25,11 +25,17 @@ def process(processor: PaliGemmaProcessor, examples: list[Example], with_answers
     return processor([ex.image for ex in examples], [ex.prefix for ex in examples], suffixes)
 
 
-def forward(model: PaliGemmaForConditionalGeneration, batch: ProcessorBatch,
-            labels: torch.Tensor | None = None) -> PaliGemmaOutput:
+def forward(
+    model: PaliGemmaForConditionalGeneration, batch: ProcessorBatch, labels: torch.Tensor | None = None
+) -> PaliGemmaOutput:
     """The model on a processor batch; with `labels`, the output's loss is the next-token loss on them."""
-    return model(batch.input_ids, pixel_values=batch.pixel_values, attention_mask=batch.attention_mask,
-                 token_type_ids=batch.token_type_ids, labels=labels)
+    return model(
+        batch.input_ids,
+        pixel_values=batch.pixel_values,
+        attention_mask=batch.attention_mask,
+        token_type_ids=batch.token_type_ids,
+        labels=labels,
+    )
 
 
 def patch_labels(examples: list[Example], world: WorldConfig, patch: int) -> tuple[torch.Tensor, ...]:

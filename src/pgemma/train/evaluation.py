@@ -16,8 +16,14 @@ from pgemma.world import TASKS, WorldConfig, box_iou, example, split_seeds
 
 
 @torch.no_grad()
-def evaluate(model: PaliGemmaForConditionalGeneration, processor: PaliGemmaProcessor, world: WorldConfig,
-             num_scenes: int = 300, batch_size: int = 50, generate_boxes: bool = True) -> dict[str, float]:
+def evaluate(
+    model: PaliGemmaForConditionalGeneration,
+    processor: PaliGemmaProcessor,
+    world: WorldConfig,
+    num_scenes: int = 300,
+    batch_size: int = 50,
+    generate_boxes: bool = True,
+) -> dict[str, float]:
     """Per-task exact match on held-out scenes (every task on each scene), and detection mean IoU.
 
     Exact match uses teacher forcing: a greedy answer equals the target exactly when the argmax
@@ -33,7 +39,7 @@ def evaluate(model: PaliGemmaForConditionalGeneration, processor: PaliGemmaProce
     ious = []
     for task in TASKS:
         for start in range(0, num_scenes, batch_size):
-            examples = [example(seed, world, task=task) for seed in seeds[start:start + batch_size]]
+            examples = [example(seed, world, task=task) for seed in seeds[start : start + batch_size]]
             batch = process(processor, examples)
             predicted = forward(model, batch).logits[:, :-1].argmax(-1)  # (B, T - 1): token t + 1
             targets = batch.labels[:, 1:]

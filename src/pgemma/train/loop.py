@@ -10,8 +10,8 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import safe_open
@@ -94,13 +94,22 @@ def make_optimizer(module: nn.Module, cfg: StageConfig, slow: nn.Module | None =
     groups = []
     for warmup, is_slow in ((cfg.warmup, False), (max(cfg.warmup, cfg.slow_warmup), True)):
         params = [p for p in module.parameters() if p.requires_grad and (id(p) in slow_ids) == is_slow]
-        groups += [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay, "warmup": warmup},
-                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "warmup": warmup}]
+        groups += [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay, "warmup": warmup},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "warmup": warmup},
+        ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
 
 
-def train_loop(name: str, module: nn.Module, loss_fn: Callable[[int], torch.Tensor], cfg: StageConfig,
-               checkpoint: Path, on_eval: Callable[[], dict] | None = None, slow: nn.Module | None = None) -> list[dict]:
+def train_loop(
+    name: str,
+    module: nn.Module,
+    loss_fn: Callable[[int], torch.Tensor],
+    cfg: StageConfig,
+    checkpoint: Path,
+    on_eval: Callable[[], dict] | None = None,
+    slow: nn.Module | None = None,
+) -> list[dict]:
     """Run `cfg.steps` AdamW steps on `loss_fn(step)`, resuming from `checkpoint` if it exists.
 
     `loss_fn` draws its batch from the step number alone, so a resumed run sees the same data.

@@ -64,8 +64,9 @@ class ModelSize:
 
     @classmethod
     def tiny(cls) -> "ModelSize":
-        return cls(vision_width=32, vision_layers=1, vision_heads=2, text_width=64, text_layers=1,
-                   text_heads=2, head_dim=32)
+        return cls(
+            vision_width=32, vision_layers=1, vision_heads=2, text_width=64, text_layers=1, text_heads=2, head_dim=32
+        )
 
 
 @dataclass(frozen=True)
@@ -98,16 +99,21 @@ class Recipe:
     @classmethod
     def shipped(cls) -> "Recipe":
         """The recipe of the model that ships with pgemma (see the chapter for how it was found)."""
-        return cls(world=SHIPPED_WORLD,
-                   model=ModelSize(text_width=128, head_dim=64, patch_size=16),
-                   stage0=StageConfig(steps=2000, lr=1e-3, eval_every=500),
-                   stage1=StageConfig(steps=5000, lr=1e-3, warmup=200, slow_warmup=1000, eval_every=1000))
+        return cls(
+            world=SHIPPED_WORLD,
+            model=ModelSize(text_width=128, head_dim=64, patch_size=16),
+            stage0=StageConfig(steps=2000, lr=1e-3, eval_every=500),
+            stage1=StageConfig(steps=5000, lr=1e-3, warmup=200, slow_warmup=1000, eval_every=1000),
+        )
 
     @classmethod
     def tiny(cls) -> "Recipe":
-        return cls(world=WorldConfig.tiny(), model=ModelSize.tiny(),
-                   stage0=StageConfig(steps=20, batch_size=8, warmup=5, checkpoint_every=10),
-                   stage1=StageConfig(steps=40, batch_size=8, warmup=5, checkpoint_every=10))
+        return cls(
+            world=WorldConfig.tiny(),
+            model=ModelSize.tiny(),
+            stage0=StageConfig(steps=20, batch_size=8, warmup=5, checkpoint_every=10),
+            stage1=StageConfig(steps=40, batch_size=8, warmup=5, checkpoint_every=10),
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,19 +125,35 @@ def build_tokenizer(world: WorldConfig, vocab_size: int) -> PaliGemmaTokenizer:
     return train_tokenizer(text_corpus(world), vocab_size)
 
 
-def build_model(size: ModelSize, world: WorldConfig, tokenizer: PaliGemmaTokenizer) -> PaliGemmaForConditionalGeneration:
+def build_model(
+    size: ModelSize, world: WorldConfig, tokenizer: PaliGemmaTokenizer
+) -> PaliGemmaForConditionalGeneration:
     """A randomly initialized PaliGemma of `size` for `world.image_size` images."""
     config = PaliGemmaConfig(
         vision_config=SiglipVisionConfig(
-            hidden_size=size.vision_width, intermediate_size=4 * size.vision_width,
-            num_hidden_layers=size.vision_layers, num_attention_heads=size.vision_heads,
-            image_size=world.image_size, patch_size=size.patch_size),
+            hidden_size=size.vision_width,
+            intermediate_size=4 * size.vision_width,
+            num_hidden_layers=size.vision_layers,
+            num_attention_heads=size.vision_heads,
+            image_size=world.image_size,
+            patch_size=size.patch_size,
+        ),
         text_config=GemmaConfig(
-            vocab_size=tokenizer.vocab_size, hidden_size=size.text_width, intermediate_size=4 * size.text_width,
-            num_hidden_layers=size.text_layers, num_attention_heads=size.text_heads, num_key_value_heads=1,
-            head_dim=size.head_dim, max_position_embeddings=512),
-        projection_dim=size.text_width, image_token_index=tokenizer.image_id, pad_token_id=tokenizer.pad_id,
-        eos_token_id=tokenizer.eos_id, bos_token_id=tokenizer.bos_id)
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=size.text_width,
+            intermediate_size=4 * size.text_width,
+            num_hidden_layers=size.text_layers,
+            num_attention_heads=size.text_heads,
+            num_key_value_heads=1,
+            head_dim=size.head_dim,
+            max_position_embeddings=512,
+        ),
+        projection_dim=size.text_width,
+        image_token_index=tokenizer.image_id,
+        pad_token_id=tokenizer.pad_id,
+        eos_token_id=tokenizer.eos_id,
+        bos_token_id=tokenizer.bos_id,
+    )
     model = PaliGemmaForConditionalGeneration(config, use_sdpa=True)
     init_weights(model)
     return model
@@ -152,8 +174,7 @@ def init_weights(model: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(module.bias)
 
 
-def init_loc_embeddings(model: PaliGemmaForConditionalGeneration, tokenizer: PaliGemmaTokenizer,
-                        seed: int = 0) -> None:
+def init_loc_embeddings(model: PaliGemmaForConditionalGeneration, tokenizer: PaliGemmaTokenizer, seed: int = 0) -> None:
     """Give <loc0000>..<loc1023> embeddings that vary smoothly with the bin.
 
     Each bin b gets sin/cos features of b at periods from 1024 bins down to 16 (one pixel of a

@@ -61,11 +61,17 @@ class TowerPretrainer(nn.Module):
         captions = [tokenizer.encode(caption(ex.scene)) for ex in examples]
         ids = torch.full((len(captions), max(map(len, captions))), tokenizer.pad_id)  # (B, T)
         for row, tokens in zip(ids, captions):
-            row[:len(tokens)] = torch.tensor(tokens)
+            row[: len(tokens)] = torch.tensor(tokens)
         return features, image_emb, self.encode_text(ids, tokenizer.pad_id)
 
-    def loss(self, examples: list[Example], processor: PaliGemmaProcessor, world: WorldConfig,
-             patch: int, patch_label_weight: float) -> torch.Tensor:
+    def loss(
+        self,
+        examples: list[Example],
+        processor: PaliGemmaProcessor,
+        world: WorldConfig,
+        patch: int,
+        patch_label_weight: float,
+    ) -> torch.Tensor:
         features, image_emb, text_emb = self.embed(examples, processor)
         loss = sigmoid_loss(image_emb, text_emb, self.log_t, self.bias)
         if patch_label_weight:
@@ -75,12 +81,14 @@ class TowerPretrainer(nn.Module):
             loss = loss + patch_label_weight * (
                 F.cross_entropy(self.colour_head(features).flatten(0, 1), colour.flatten())
                 + F.cross_entropy(self.kind_head(features).flatten(0, 1), kind.flatten())
-                + 10 * (box_error * on_shape).sum() / on_shape.sum().clamp(min=1))  # 10: errors are ~0.05
+                + 10 * (box_error * on_shape).sum() / on_shape.sum().clamp(min=1)
+            )  # 10: errors are ~0.05
         return loss
 
     @torch.no_grad()
-    def evaluate(self, processor: PaliGemmaProcessor, world: WorldConfig, patch: int,
-                 num_scenes: int = 200) -> dict[str, float]:
+    def evaluate(
+        self, processor: PaliGemmaProcessor, world: WorldConfig, patch: int, num_scenes: int = 200
+    ) -> dict[str, float]:
         """Held-out image-to-caption retrieval among `num_scenes` (1- and 2-shape scenes apart),
         and how well the patch heads read kinds and boxes (the box error in pixels)."""
         seeds = [seed for _, seed in zip(range(num_scenes), split_seeds("heldout"))]
@@ -92,17 +100,21 @@ class TowerPretrainer(nn.Module):
         _, kind, box = patch_labels(examples, world, patch)
         on_shape = kind > 0
         box_error = (self.box_head(features).sigmoid() - box).abs().mean(-1)[on_shape] * world.image_size
-        return {"retrieval_1": hit[shapes == 1].float().mean().item(),
-                "retrieval_2": hit[shapes == 2].float().mean().item(),
-                "patch_kind": (self.kind_head(features).argmax(-1) == kind).float().mean().item(),
-                "box_error_px": box_error.mean().item()}
+        return {
+            "retrieval_1": hit[shapes == 1].float().mean().item(),
+            "retrieval_2": hit[shapes == 2].float().mean().item(),
+            "patch_kind": (self.kind_head(features).argmax(-1) == kind).float().mean().item(),
+            "box_error_px": box_error.mean().item(),
+        }
 
 
-def pretrain_vision(model: PaliGemmaForConditionalGeneration, processor: PaliGemmaProcessor, recipe: Recipe,
-                    checkpoint: Path) -> list[dict]:
+def pretrain_vision(
+    model: PaliGemmaForConditionalGeneration, processor: PaliGemmaProcessor, recipe: Recipe, checkpoint: Path
+) -> list[dict]:
     """Stage 0: the sigmoid loss on image-caption pairs, plus per-patch labels, for the tower only."""
-    pretrainer = TowerPretrainer(model.vision_tower, recipe.world, processor.tokenizer.vocab_size,
-                                 model.config.vision_config.hidden_size)
+    pretrainer = TowerPretrainer(
+        model.vision_tower, recipe.world, processor.tokenizer.vocab_size, model.config.vision_config.hidden_size
+    )
 
     def loss_fn(step: int) -> torch.Tensor:
         examples = training_examples(step, recipe.world, recipe.stage0, stage=0)

@@ -6,8 +6,8 @@ suffix, and only its tokens carry a label. The vision tower, pretrained in stage
 slowly than the random decoder (`StageConfig.slow_warmup`).
 """
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -18,8 +18,13 @@ from pgemma.train.loop import train_loop
 from pgemma.train.recipe import Recipe
 
 
-def train_prefix_lm(model: PaliGemmaForConditionalGeneration, processor: PaliGemmaProcessor, recipe: Recipe,
-                    checkpoint: Path, on_eval: Callable[[], dict] | None = None) -> list[dict]:
+def train_prefix_lm(
+    model: PaliGemmaForConditionalGeneration,
+    processor: PaliGemmaProcessor,
+    recipe: Recipe,
+    checkpoint: Path,
+    on_eval: Callable[[], dict] | None = None,
+) -> list[dict]:
     """Stage 1: the whole model on all tasks at once, next-token loss on the suffix only."""
 
     def loss_fn(step: int) -> torch.Tensor:

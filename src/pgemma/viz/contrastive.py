@@ -13,8 +13,9 @@ def _mark_diagonal(ax: plt.Axes, size: int) -> None:
         ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5))
 
 
-def plot_similarity_matrix(similarity: torch.Tensor, captions: list[str] | None = None,
-                           title: str = "image-text similarity") -> Figure:
+def plot_similarity_matrix(
+    similarity: torch.Tensor, captions: list[str] | None = None, title: str = "image-text similarity"
+) -> Figure:
     """A B x B heatmap: row i is image i, column j caption j; matching pairs (diagonal) outlined."""
     size = len(similarity)
     figure, ax = plt.subplots(figsize=(5.5, 4.8))
@@ -32,16 +33,20 @@ def plot_similarity_matrix(similarity: torch.Tensor, captions: list[str] | None 
 
 def plot_softmax_directions(logits: torch.Tensor) -> Figure:
     """The logits, their softmax along rows (over captions) and along columns (over images)."""
-    panels = [("logits t<x_i, y_j>", logits, "RdBu_r"),
-              ("softmax over each row\n(image -> which caption?)", logits.softmax(dim=1), "Blues"),
-              ("softmax over each column\n(caption -> which image?)", logits.softmax(dim=0), "Blues")]
+    panels = [
+        ("logits t<x_i, y_j>", logits, "RdBu_r"),
+        ("softmax over each row\n(image -> which caption?)", logits.softmax(dim=1), "Blues"),
+        ("softmax over each column\n(caption -> which image?)", logits.softmax(dim=0), "Blues"),
+    ]
     figure, axes = plt.subplots(1, 3, figsize=(12, 4))
     for ax, (title, values, cmap) in zip(axes, panels):
         limit = values.abs().max().item() if cmap == "RdBu_r" else 1.0
         ax.imshow(values.detach().numpy(), cmap=cmap, vmin=-limit if cmap == "RdBu_r" else 0, vmax=limit)
         _mark_diagonal(ax, len(values))
-        for (i, j), value in zip(torch.cartesian_prod(torch.arange(len(values)), torch.arange(len(values))).tolist(),
-                                 values.detach().flatten().tolist()):
+        for (i, j), value in zip(
+            torch.cartesian_prod(torch.arange(len(values)), torch.arange(len(values))).tolist(),
+            values.detach().flatten().tolist(),
+        ):
             ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("caption j")
@@ -68,8 +73,11 @@ def plot_sigmoid_pairs(similarity: torch.Tensor, temperature: float, bias: float
     left.set_xlabel("caption j")
     left.set_ylabel("image i")
     figure.colorbar(shown, ax=left, label="probability of a match")
-    right.bar(["B positives", f"B\u00b2 - B = {size * size - size} negatives"], [positives / size, negatives / size],
-              color=["tab:blue", "tab:orange"])
+    right.bar(
+        ["B positives", f"B\u00b2 - B = {size * size - size} negatives"],
+        [positives / size, negatives / size],
+        color=["tab:blue", "tab:orange"],
+    )
     right.set_ylabel("their part of the loss (sum / B)")
     right.set_title(f"loss = {(positives + negatives) / size:.2f}")
     figure.tight_layout()
@@ -105,8 +113,15 @@ def plot_retrieval(batch_sizes: list[int], accuracy: dict[str, list[list[float]]
         positions = [i + (k - (len(accuracy) - 1) / 2) * width for i in range(len(batch_sizes))]
         bars = ax.bar(positions, [sum(runs) / len(runs) for runs in per_batch], width=width, label=name, alpha=0.7)
         for position, runs in zip(positions, per_batch):
-            ax.scatter([position] * len(runs), runs, s=12, color=bars.patches[0].get_facecolor(), edgecolor="black",
-                       linewidth=0.5, zorder=3)
+            ax.scatter(
+                [position] * len(runs),
+                runs,
+                s=12,
+                color=bars.patches[0].get_facecolor(),
+                edgecolor="black",
+                linewidth=0.5,
+                zorder=3,
+            )
     ax.axhline(chance, color="gray", linestyle="--", label="chance")
     ax.set_xticks(range(len(batch_sizes)), [str(b) for b in batch_sizes])
     ax.set_xlabel("training batch size B")

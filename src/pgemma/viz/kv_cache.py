@@ -26,7 +26,7 @@ def plot_decode_timings(with_cache: DecodeTiming, without_cache: DecodeTiming, p
         lengths = prompt_length + 1 + np.arange(len(steps))
         left.plot(lengths, steps, ".", color=color, alpha=0.5, markersize=3)
         window = min(9, len(steps))  # a running median shows the trend through the noise of a shared machine
-        smooth = [np.median(steps[max(0, i - window // 2): i + window // 2 + 1]) for i in range(len(steps))]
+        smooth = [np.median(steps[max(0, i - window // 2) : i + window // 2 + 1]) for i in range(len(steps))]
         left.plot(lengths, smooth, color=color, label=label)
         total = np.cumsum([timing.prefill_seconds, *timing.step_seconds])
         right.plot(np.arange(1, len(total) + 1), total, color=color, label=label)
@@ -38,8 +38,10 @@ def plot_decode_timings(with_cache: DecodeTiming, without_cache: DecodeTiming, p
     right.set_ylabel("total seconds")
     right.set_ylim(bottom=0)
     right.legend()
-    right.set_title(f"{len(total)} tokens: {without_cache.total_seconds / with_cache.total_seconds:.1f}x "
-                    "faster with the cache", fontsize=10)
+    right.set_title(
+        f"{len(total)} tokens: {without_cache.total_seconds / with_cache.total_seconds:.1f}x faster with the cache",
+        fontsize=10,
+    )
     figure.tight_layout()
     return figure
 
@@ -56,7 +58,7 @@ def decode_step_states(prompt_length: int, step: int, use_cache: bool) -> dict[s
         raise ValueError(f"need prompt_length >= 1 and step >= 1, got {prompt_length} and {step}")
     length = prompt_length + step - 1
     position = np.arange(length)
-    visible = (position[None, :] <= np.maximum(position[:, None], prompt_length - 1))  # (T, S) prefix-LM
+    visible = position[None, :] <= np.maximum(position[:, None], prompt_length - 1)  # (T, S) prefix-LM
     fresh = np.full(length, 3)
     if use_cache and step > 1:
         q = np.where(position == length - 1, 3, 1)  # only the newest token's query
@@ -87,10 +89,18 @@ def plot_decode_step(prompt_length: int, step: int, use_cache: bool) -> Figure:
     axes[0].set_ylabel("token position (dashed: end of prompt)")
     axes[3].set_xlabel("key position")
     computed = int((states["scores"] == 3).sum())
-    figure.suptitle(f"writing token {step} {'with' if use_cache else 'without'} the cache, computed per head "
-                    f"and layer: queries {int((states['q'] == 3).sum())}, keys and values "
-                    f"{int((states['k'] == 3).sum())}, scores {computed}", fontsize=10)
-    figure.legend(handles=[Patch(facecolor=c, edgecolor="gray", label=s) for s, c in zip(_STATES, _COLORS)],
-                  loc="lower center", ncol=4, fontsize=8, frameon=False)
+    figure.suptitle(
+        f"writing token {step} {'with' if use_cache else 'without'} the cache, computed per head "
+        f"and layer: queries {int((states['q'] == 3).sum())}, keys and values "
+        f"{int((states['k'] == 3).sum())}, scores {computed}",
+        fontsize=10,
+    )
+    figure.legend(
+        handles=[Patch(facecolor=c, edgecolor="gray", label=s) for s, c in zip(_STATES, _COLORS)],
+        loc="lower center",
+        ncol=4,
+        fontsize=8,
+        frameon=False,
+    )
     figure.tight_layout(rect=(0, 0.07, 1, 1))
     return figure

@@ -19,8 +19,12 @@ KIND_NAMES = {"x": "padding", "i": "image", "p": "prefix text", "s": "suffix"}
 
 def token_kinds(num_image_tokens: int, prefix_length: int, suffix_length: int, padding: int = 0) -> list[str]:
     """One letter per position of a left-padded PaliGemma sequence: x padding, i image, p prefix, s suffix."""
-    for name, value in [("num_image_tokens", num_image_tokens), ("prefix_length", prefix_length),
-                        ("suffix_length", suffix_length), ("padding", padding)]:
+    for name, value in [
+        ("num_image_tokens", num_image_tokens),
+        ("prefix_length", prefix_length),
+        ("suffix_length", suffix_length),
+        ("padding", padding),
+    ]:
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
     kinds = ["x"] * padding + ["i"] * num_image_tokens + ["p"] * prefix_length + ["s"] * suffix_length
@@ -40,8 +44,7 @@ def kinds_to_mask(kinds: list[str], prefix_lm: bool = True) -> torch.Tensor:
     """
     attention_mask = torch.tensor([[0 if kind == "x" else 1 for kind in kinds]])  # (1, T)
     token_type_ids = torch.tensor([[1 if kind == "s" else 0 for kind in kinds]])  # (1, T)
-    mask = decoder_mask(len(kinds), len(kinds), attention_mask,
-                        token_type_ids if prefix_lm else None)  # (1, 1, T, T)
+    mask = decoder_mask(len(kinds), len(kinds), attention_mask, token_type_ids if prefix_lm else None)  # (1, 1, T, T)
     return mask[0, 0]
 
 
@@ -51,8 +54,8 @@ def mask_to_text(mask: torch.Tensor, kinds: list[str] | None = None) -> str:
         raise ValueError(f"mask_to_text takes one bool[T, S] mask, got shape {tuple(mask.shape)}")
     rows = []
     if kinds is not None:
-        rows.append("  " + " ".join(kinds[-mask.shape[1]:]))
-    query_kinds = kinds[-mask.shape[0]:] if kinds is not None else [" "] * mask.shape[0]
+        rows.append("  " + " ".join(kinds[-mask.shape[1] :]))
+    query_kinds = kinds[-mask.shape[0] :] if kinds is not None else [" "] * mask.shape[0]
     for kind, row in zip(query_kinds, mask.tolist()):
         rows.append(kind + " " + " ".join("1" if value else "." for value in row))
     return "\n".join(rows)
@@ -82,8 +85,9 @@ def draw_mask(ax: Axes, mask: torch.Tensor, kinds: list[str], title: str, query:
     ax.set_title(title, fontsize=10)
 
 
-def plot_attention_masks(num_image_tokens: int, prefix_length: int, suffix_length: int, padding: int = 0,
-                         query: int | None = None) -> Figure:
+def plot_attention_masks(
+    num_image_tokens: int, prefix_length: int, suffix_length: int, padding: int = 0, query: int | None = None
+) -> Figure:
     """PaliGemma's prefix-LM mask next to the causal mask of an ordinary LLM, for the same tokens.
 
     Args:
@@ -97,8 +101,11 @@ def plot_attention_masks(num_image_tokens: int, prefix_length: int, suffix_lengt
     for ax, prefix_lm in zip(axes, (True, False)):
         mask = kinds_to_mask(kinds, prefix_lm)
         name = "PaliGemma: prefix-LM" if prefix_lm else "causal-only LLM"
-        seen = "" if query is None else (f"\nquery {query} ({KIND_NAMES[kinds[query]]}) sees "
-                                         f"{int(mask[query].sum())} of {len(kinds)} keys")
+        seen = (
+            ""
+            if query is None
+            else (f"\nquery {query} ({KIND_NAMES[kinds[query]]}) sees {int(mask[query].sum())} of {len(kinds)} keys")
+        )
         draw_mask(ax, mask, kinds, name + seen, query)
     legend = [Rectangle((0, 0), 1, 1, color=KIND_COLORS[k]) for k in "xips"]
     figure.legend(legend, [KIND_NAMES[k] for k in "xips"], loc="lower center", ncol=4, fontsize=9)

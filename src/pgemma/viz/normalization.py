@@ -16,8 +16,9 @@ NORMS = ("none", "BatchNorm", "LayerNorm", "RMSNorm")
 NORM_COLORS = {"none": "tab:gray", "BatchNorm": "tab:blue", "LayerNorm": "tab:orange", "RMSNorm": "tab:green"}
 
 
-def example_features(batch_size: int, shift: float = 0.0, scale: float = 1.0, num_features: int = 12,
-                     seed: int = 0) -> torch.Tensor:
+def example_features(
+    batch_size: int, shift: float = 0.0, scale: float = 1.0, num_features: int = 12, seed: int = 0
+) -> torch.Tensor:
     """A batch whose features have their own means and spreads, then a global shift and scale.
 
     Feature j has mean ``j - D/2`` and standard deviation ``0.5 + j / 4`` (before ``scale`` and
@@ -54,9 +55,11 @@ def plot_norm_axes() -> Figure:
     """A batch of items x features, with the cells that share one mean and variance highlighted."""
     items, features = 5, 8
     figure, axes = plt.subplots(1, 3, figsize=(10.5, 3.0))
-    panels = [("BatchNorm: one feature,\nacross the batch", (slice(None), 2), "tab:blue"),
-              ("LayerNorm: one item,\nacross its features (mean and variance)", (1, slice(None)), "tab:orange"),
-              ("RMSNorm: one item,\nacross its features (mean square only)", (1, slice(None)), "tab:green")]
+    panels = [
+        ("BatchNorm: one feature,\nacross the batch", (slice(None), 2), "tab:blue"),
+        ("LayerNorm: one item,\nacross its features (mean and variance)", (1, slice(None)), "tab:orange"),
+        ("RMSNorm: one item,\nacross its features (mean square only)", (1, slice(None)), "tab:green"),
+    ]
     for ax, (title, cells, color) in zip(axes, panels):
         grid = np.zeros((items, features))
         grid[cells] = 1.0
@@ -74,8 +77,7 @@ def plot_norm_axes() -> Figure:
     return figure
 
 
-def plot_norm_statistics(norm: str, batch_size: int, shift: float = 0.0, scale: float = 1.0,
-                         seed: int = 0) -> Figure:
+def plot_norm_statistics(norm: str, batch_size: int, shift: float = 0.0, scale: float = 1.0, seed: int = 0) -> Figure:
     """Per-feature and per-item mean and variance of a batch, before and after ``norm``.
 
     Grey dots are the input statistics, coloured dots the normalized output's. BatchNorm flattens

@@ -34,12 +34,17 @@ def parameter_counts(model: PaliGemmaForConditionalGeneration) -> dict[str, int]
     """
     decoder = model.language_model.model
     embedding = decoder.embed_tokens.weight.numel()
-    counts = dict(zip(PARTS, (
-        sum(p.numel() for p in model.vision_tower.parameters()),
-        sum(p.numel() for p in model.multi_modal_projector.parameters()),
-        sum(p.numel() for p in decoder.parameters()) - embedding,
-        embedding,
-    )))
+    counts = dict(
+        zip(
+            PARTS,
+            (
+                sum(p.numel() for p in model.vision_tower.parameters()),
+                sum(p.numel() for p in model.multi_modal_projector.parameters()),
+                sum(p.numel() for p in decoder.parameters()) - embedding,
+                embedding,
+            ),
+        )
+    )
     assert sum(counts.values()) == sum(p.numel() for p in model.parameters())  # parameters() skips the tied copy
     return counts
 
@@ -57,8 +62,9 @@ def plot_parameter_counts(counts: dict[str, dict[str, int]]) -> Figure:
         values = [parts[part] for part in PARTS]
         ax.barh(range(len(PARTS)), values, color=colors)
         for row, value in enumerate(values):
-            ax.text(max(value, total * 0.01), row, f" {_human(value)} ({100 * value / total:.1f}%)",
-                    va="center", fontsize=8)
+            ax.text(
+                max(value, total * 0.01), row, f" {_human(value)} ({100 * value / total:.1f}%)", va="center", fontsize=8
+            )
         ax.set_yticks(range(len(PARTS)), PARTS)
         ax.invert_yaxis()
         ax.set_xlim(0, max(values) * 1.5)  # room for the labels
@@ -87,7 +93,7 @@ def plot_loss_curve(losses: list[float], vocab_size: int, window: int = 20) -> F
     ax.plot(steps, losses, color="#4c72b0", alpha=0.35, linewidth=0.8, label="loss of each step")
     window = max(1, min(window, len(losses)))
     running = np.convolve(losses, np.ones(window) / window, mode="valid")
-    ax.plot(steps[window - 1:], running, color="#4c72b0", label=f"mean of the last {window} steps")
+    ax.plot(steps[window - 1 :], running, color="#4c72b0", label=f"mean of the last {window} steps")
     ax.axhline(np.log(vocab_size), color="grey", linestyle=":", label=f"ln V = ln {vocab_size}: a uniform guess")
     ax.set_xlabel("training step")
     ax.set_ylabel("cross-entropy on the answer (nats)")
@@ -114,8 +120,15 @@ def plot_training_curves(record: dict, stage: str, metrics: dict[str, str], high
         steps = [point["step"] for point in curve]
         for ax, key in zip(axes[0], metrics):
             values = [point.get(key, np.nan) for point in curve]
-            ax.plot(steps, values, "o-", color=color, markersize=3,
-                    linewidth=2.5 if run["name"] == highlight else 1.2, label=run["name"])
+            ax.plot(
+                steps,
+                values,
+                "o-",
+                color=color,
+                markersize=3,
+                linewidth=2.5 if run["name"] == highlight else 1.2,
+                label=run["name"],
+            )
     for ax, title in zip(axes[0], metrics.values()):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
@@ -135,8 +148,9 @@ def heldout_seed(index: int) -> int:
     return next(split_seeds("heldout", start=index))
 
 
-def plot_answers(images: list[Image.Image], prompts: list[str], answers: list[str], truths: list[str],
-                 columns: int = 4) -> Figure:
+def plot_answers(
+    images: list[Image.Image], prompts: list[str], answers: list[str], truths: list[str], columns: int = 4
+) -> Figure:
     """A grid of scenes titled prompt -> answer (green if it equals the truth, red otherwise).
 
     Detection answers are drawn as boxes: the model's dashed, the true ones solid.
@@ -147,7 +161,7 @@ def plot_answers(images: list[Image.Image], prompts: list[str], answers: list[st
         plot_boxes(image, parse_loc_tokens(truth, image.size[::-1]), parse_loc_tokens(answer, image.size[::-1]), ax=ax)
         shown, good = describe_answer(answer, truth, image.size[0])
         ax.set_title(f"{prompt}\n-> {_wrap(shown)}", fontsize=7.5, color="#2a7d2a" if good else "#b22222")
-    for ax in axes.flat[len(images):]:
+    for ax in axes.flat[len(images) :]:
         ax.axis("off")
     figure.tight_layout()
     return figure
@@ -189,8 +203,13 @@ class AnswerAttention(NamedTuple):
 
 
 @torch.no_grad()
-def answer_attention(model: PaliGemmaForConditionalGeneration, processor: PaliGemmaProcessor,
-                     image: Image.Image, prompt: str, answer: str) -> AnswerAttention:
+def answer_attention(
+    model: PaliGemmaForConditionalGeneration,
+    processor: PaliGemmaProcessor,
+    image: Image.Image,
+    prompt: str,
+    answer: str,
+) -> AnswerAttention:
     """How much each position that writes `answer` attends to each image patch, in every layer.
 
     The prompt and the answer go through the model as one training-style sequence (the answer
@@ -210,8 +229,9 @@ def answer_attention(model: PaliGemmaForConditionalGeneration, processor: PaliGe
     return AnswerAttention(tokens, patches, patches.sum(-1))
 
 
-def plot_answer_attention(image: Image.Image, attention: AnswerAttention, layer: int | None = None,
-                          title: str = "") -> Figure:
+def plot_answer_attention(
+    image: Image.Image, attention: AnswerAttention, layer: int | None = None, title: str = ""
+) -> Figure:
     """The scene, then one overlay per answer token: its attention on the image patches.
 
     Args:
@@ -249,8 +269,14 @@ def plot_answer_attention(image: Image.Image, attention: AnswerAttention, layer:
     return figure
 
 
-def plot_scene_answer(model: PaliGemmaForConditionalGeneration, processor: PaliGemmaProcessor, index: int,
-                      task: str, world: WorldConfig, layer: int | None = None) -> Figure:
+def plot_scene_answer(
+    model: PaliGemmaForConditionalGeneration,
+    processor: PaliGemmaProcessor,
+    index: int,
+    task: str,
+    world: WorldConfig,
+    layer: int | None = None,
+) -> Figure:
     """Held-out scene `index`: the model's greedy answer to `task` and where each answer token looked."""
     from pgemma.generate import generate  # the figure, not the module, needs generation
 
@@ -258,5 +284,6 @@ def plot_scene_answer(model: PaliGemmaForConditionalGeneration, processor: PaliG
     answer = generate(model, processor, item.image, item.prefix)[0]
     shown, _ = describe_answer(answer, item.suffix, item.scene.size)
     title = f"held-out scene {index}\n{item.prefix}\n-> {_wrap(shown, 24)}"
-    return plot_answer_attention(item.image, answer_attention(model, processor, item.image, item.prefix, answer),
-                                 layer, title)
+    return plot_answer_attention(
+        item.image, answer_attention(model, processor, item.image, item.prefix, answer), layer, title
+    )

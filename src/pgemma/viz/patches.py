@@ -6,6 +6,7 @@ from PIL import Image
 
 from pgemma.patches import center_crop_to_multiple, image_to_tensor, patchify
 
+
 def plot_patch_grid(image: Image.Image, patch_size: int) -> Figure:
     """The image with the patch grid drawn over it, and the patch count in the title."""
     cropped = center_crop_to_multiple(image, patch_size)
@@ -22,6 +23,7 @@ def plot_patch_grid(image: Image.Image, patch_size: int) -> Figure:
     figure.tight_layout()
     return figure
 
+
 def plot_patch_sequence(image: Image.Image, patch_size: int, count: int = 12) -> Figure:
     """The first `count` patches laid out in a row: the image as a sequence of tokens."""
     cropped = center_crop_to_multiple(image, patch_size)
@@ -37,14 +39,14 @@ def plot_patch_sequence(image: Image.Image, patch_size: int, count: int = 12) ->
     figure.tight_layout()
     return figure
 
+
 def plot_token_ids(tokens: list[str], ids: list[int]) -> Figure:
     """Text pieces above their integer ids: what a language model actually reads."""
     figure, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(tokens)), 1.4))
     for index, (token, token_id) in enumerate(zip(tokens, ids)):
         ax.add_patch(plt.Rectangle((index, 0), 0.95, 1, color=plt.cm.tab20(index % 20), alpha=0.5))
         ax.text(index + 0.47, 0.68, token.replace(" ", "\u2423"), ha="center", va="center", fontsize=9)
-        ax.text(index + 0.47, 0.25, str(token_id), ha="center", va="center", fontsize=9,
-                family="monospace")
+        ax.text(index + 0.47, 0.25, str(token_id), ha="center", va="center", fontsize=9, family="monospace")
     ax.set_xlim(0, len(tokens))
     ax.set_ylim(0, 1)
     ax.axis("off")

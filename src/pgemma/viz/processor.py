@@ -76,9 +76,11 @@ def plot_pixel_histograms(image: Image.Image, processor: PaliGemmaProcessor) -> 
     """Per-channel histograms of the pixel values after resize, rescale and normalize."""
     resized = np.asarray(processor.resize(processor.load_image(image)), dtype=np.float32)  # (I, I, C)
     rescaled = processor.rescale(processor.resize(processor.load_image(image)))
-    stages = [("after resize: uint8", resized, (0, 255)),
-              ("after rescale: x / 255", rescaled, (0, 1)),
-              ("after normalize: (x - 0.5) / 0.5", processor.normalize(rescaled), (-1, 1))]
+    stages = [
+        ("after resize: uint8", resized, (0, 255)),
+        ("after rescale: x / 255", rescaled, (0, 1)),
+        ("after normalize: (x - 0.5) / 0.5", processor.normalize(rescaled), (-1, 1)),
+    ]
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.2))
     for ax, (title, values, (low, high)) in zip(axes, stages):
         bins = np.linspace(low, high, 52)
@@ -86,8 +88,7 @@ def plot_pixel_histograms(image: Image.Image, processor: PaliGemmaProcessor) -> 
             ax.hist(values[..., channel].ravel(), bins=bins, color=color, alpha=0.45, label=name)
         for edge in (low, high):
             ax.axvline(edge, color="black", linewidth=0.8, linestyle="--")
-        ax.set_title(f"{title}\nrange [{values.min():.2f}, {values.max():.2f}], mean {values.mean():.2f}",
-                     fontsize=10)
+        ax.set_title(f"{title}\nrange [{values.min():.2f}, {values.max():.2f}], mean {values.mean():.2f}", fontsize=10)
         ax.set_xlabel("pixel value")
     axes[0].set_ylabel("pixels")
     axes[0].legend(fontsize=8)
@@ -136,8 +137,9 @@ def _cells(roles: list[str]) -> list[tuple[int, int]]:
     return cells
 
 
-def _draw_token_strip(ax: Axes, batch: ProcessorBatch, tokenizer: PaliGemmaTokenizer,
-                      rows: tuple[str, ...] = ROWS) -> None:
+def _draw_token_strip(
+    ax: Axes, batch: ProcessorBatch, tokenizer: PaliGemmaTokenizer, rows: tuple[str, ...] = ROWS
+) -> None:
     """Draw every row of `batch` as a strip of token cells with `rows` of values underneath."""
     names = [name for name in rows if getattr(batch, name) is not None]
     block = 1 + len(names) + 0.6  # height of one example: tokens, value rows, a gap
@@ -150,19 +152,37 @@ def _draw_token_strip(ax: Axes, batch: ProcessorBatch, tokenizer: PaliGemmaToken
             centre = x + (wide - 0.06) / 2
             role = roles[start]
             ax.add_patch(Rectangle((x, top), wide - 0.06, 0.94, color=ROLE_COLORS[role], alpha=0.75))
-            text = (f"<image>\u00d7{length}" if role == "image"
-                    else _token_text(int(batch.input_ids[row, start]), tokenizer))
-            ax.text(centre, top + 0.47, text, ha="center", va="center", fontsize=7.5,
-                    color="white" if role in ("image", "bos", "suffix", "eos") else "black",
-                    rotation=0 if len(text) < 9 or role == "image" else 20)
+            text = (
+                f"<image>\u00d7{length}"
+                if role == "image"
+                else _token_text(int(batch.input_ids[row, start]), tokenizer)
+            )
+            ax.text(
+                centre,
+                top + 0.47,
+                text,
+                ha="center",
+                va="center",
+                fontsize=7.5,
+                color="white" if role in ("image", "bos", "suffix", "eos") else "black",
+                rotation=0 if len(text) < 9 or role == "image" else 20,
+            )
             for depth, name in enumerate(names, start=1):
                 value = int(getattr(batch, name)[row, start])
                 shown = str(value)
                 if name == "labels" and value != IGNORE_INDEX:
                     shown = _token_text(value, tokenizer)
                 faint = shown in ("0", str(IGNORE_INDEX))
-                ax.text(centre, top - depth + 0.47, shown, ha="center", va="center", fontsize=7.5,
-                        family="monospace", color="#999999" if faint else "black")
+                ax.text(
+                    centre,
+                    top - depth + 0.47,
+                    shown,
+                    ha="center",
+                    va="center",
+                    fontsize=7.5,
+                    family="monospace",
+                    color="#999999" if faint else "black",
+                )
             x += wide
         width = max(width, x)
         for depth, name in enumerate(names, start=1):
@@ -173,14 +193,21 @@ def _draw_token_strip(ax: Axes, batch: ProcessorBatch, tokenizer: PaliGemmaToken
 
 
 def _legend(ax: Axes, roles: set[str]) -> None:
-    handles = [Rectangle((0, 0), 1, 1, color=color, alpha=0.75) for role, color in ROLE_COLORS.items()
-               if role in roles]
-    ax.legend(handles, [role for role in ROLE_COLORS if role in roles], loc="lower center",
-              bbox_to_anchor=(0.5, 1.0), ncol=len(handles), fontsize=8, frameon=False)
+    handles = [Rectangle((0, 0), 1, 1, color=color, alpha=0.75) for role, color in ROLE_COLORS.items() if role in roles]
+    ax.legend(
+        handles,
+        [role for role in ROLE_COLORS if role in roles],
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=len(handles),
+        fontsize=8,
+        frameon=False,
+    )
 
 
-def plot_token_strip(batch: ProcessorBatch, tokenizer: PaliGemmaTokenizer, rows: tuple[str, ...] = ROWS,
-                     title: str | None = None) -> Figure:
+def plot_token_strip(
+    batch: ProcessorBatch, tokenizer: PaliGemmaTokenizer, rows: tuple[str, ...] = ROWS, title: str | None = None
+) -> Figure:
     """Every row of a processed batch as coloured token cells, with `rows` printed underneath.
 
     Args:
@@ -210,8 +237,9 @@ def plot_loss_positions(batch: ProcessorBatch, tokenizer: PaliGemmaTokenizer, gr
         raise ValueError("plot_loss_positions takes a one-example batch with labels (pass a suffix)")
     roles = token_roles(batch, 0, tokenizer)
     cells = _cells(roles)
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, 0.62 * (len(cells) + 4)), 3.2),
-                                         gridspec_kw={"height_ratios": [1, 1]})
+    figure, (top, bottom) = plt.subplots(
+        2, 1, figsize=(max(6.0, 0.62 * (len(cells) + 4)), 3.2), gridspec_kw={"height_ratios": [1, 1]}
+    )
     _draw_token_strip(top, batch, tokenizer, rows=("labels",))
     _legend(top, set(roles))
     # Bars under the same columns as the cells above (an image run shares one wide column).
@@ -219,7 +247,7 @@ def plot_loss_positions(batch: ProcessorBatch, tokenizer: PaliGemmaTokenizer, gr
     for start, length in cells:
         wide = 2.0 if length > 1 else 1.0
         centres.append(x + (wide - 0.06) / 2)
-        heights.append(float(gradient[start:start + length].max()))
+        heights.append(float(gradient[start : start + length].max()))
         widths.append(wide - 0.2)
         x += wide
     bottom.bar(centres, heights, width=widths, color="#c44e52")
@@ -235,8 +263,12 @@ def plot_loss_positions(batch: ProcessorBatch, tokenizer: PaliGemmaTokenizer, gr
 # ---- Boxes ------------------------------------------------------------------------------------
 
 
-def plot_boxes(image: Image.Image, true_boxes: list[tuple[tuple[float, ...], str]],
-               decoded_boxes: list[tuple[tuple[float, ...], str]], ax: Axes | None = None) -> Figure:
+def plot_boxes(
+    image: Image.Image,
+    true_boxes: list[tuple[tuple[float, ...], str]],
+    decoded_boxes: list[tuple[tuple[float, ...], str]],
+    ax: Axes | None = None,
+) -> Figure:
     """An image with true pixel boxes (solid) and boxes read back from <loc> tokens (dashed).
 
     Boxes are ((y_min, x_min, y_max, x_max), label) in pixels of `image`, max exclusive.
@@ -246,18 +278,32 @@ def plot_boxes(image: Image.Image, true_boxes: list[tuple[tuple[float, ...], str
     ax.imshow(image, extent=(0, image.size[0], image.size[1], 0), interpolation="nearest")
     for boxes, style, color in ((true_boxes, "-", "white"), (decoded_boxes, "--", "black")):
         for (y_min, x_min, y_max, x_max), label in boxes:
-            ax.add_patch(Rectangle((x_min, y_min), x_max - x_min, y_max - y_min, fill=False,
-                                   edgecolor=color, linestyle=style, linewidth=1.8))
+            ax.add_patch(
+                Rectangle(
+                    (x_min, y_min),
+                    x_max - x_min,
+                    y_max - y_min,
+                    fill=False,
+                    edgecolor=color,
+                    linestyle=style,
+                    linewidth=1.8,
+                )
+            )
             if style == "--":
-                ax.text(x_min, y_min - 0.8, label, fontsize=8, color="black",
-                        bbox={"facecolor": "white", "alpha": 0.7, "pad": 1, "linewidth": 0})
+                ax.text(
+                    x_min,
+                    y_min - 0.8,
+                    label,
+                    fontsize=8,
+                    color="black",
+                    bbox={"facecolor": "white", "alpha": 0.7, "pad": 1, "linewidth": 0},
+                )
     ax.set_title("solid: true box, dashed: read back from <loc> tokens", fontsize=8)
     ax.axis("off")
     return figure
 
 
-def plot_world_example(seed: int, task: str, processor: PaliGemmaProcessor,
-                       cfg: WorldConfig = WorldConfig()) -> Figure:
+def plot_world_example(seed: int, task: str, processor: PaliGemmaProcessor, cfg: WorldConfig = WorldConfig()) -> Figure:
     """A synthetic scene, its task's prompt and answer as a token strip, and decoded boxes."""
     item = example(seed, cfg, task=task)
     batch = processor(item.image, item.prefix, item.suffix)

@@ -10,8 +10,9 @@ from pgemma.receptive_field import cnn_receptive_field, vit_attention, vit_recep
 from pgemma.siglip import SiglipVisionTransformer
 
 
-def plot_receptive_field_growth(cnn: torch.nn.Sequential, vit: SiglipVisionTransformer, image: torch.Tensor,
-                                row: int, col: int) -> Figure:
+def plot_receptive_field_growth(
+    cnn: torch.nn.Sequential, vit: SiglipVisionTransformer, image: torch.Tensor, row: int, col: int
+) -> Figure:
     """Top: the CNN's receptive field of pixel (row, col) after 1, 2, ... layers. Bottom: the ViT's,
     for the patch holding that pixel, after the patch embedding and after each encoder layer."""
     cnn_layers, vit_layers = len(cnn) // 2, len(vit.encoder.layers)
@@ -24,7 +25,11 @@ def plot_receptive_field_growth(cnn: torch.nn.Sequential, vit: SiglipVisionTrans
         axes[0, layer - 1].plot(col, row, "c+", markersize=8)
     for layer in range(vit_layers + 1):
         field = vit_receptive_field(vit, image, layer, patch)
-        _show_gradient(axes[1, layer], field, "ViT, patch embedding" if layer == 0 else f"ViT, {layer} layer{'s' if layer > 1 else ''}")
+        _show_gradient(
+            axes[1, layer],
+            field,
+            "ViT, patch embedding" if layer == 0 else f"ViT, {layer} layer{'s' if layer > 1 else ''}",
+        )
         axes[1, layer].plot(col, row, "c+", markersize=8)
     for ax in axes.flat[:]:
         if not ax.images:
@@ -34,8 +39,9 @@ def plot_receptive_field_growth(cnn: torch.nn.Sequential, vit: SiglipVisionTrans
     return figure
 
 
-def plot_receptive_fields(cnn: torch.nn.Sequential, vit: SiglipVisionTransformer, image: torch.Tensor,
-                          layer: int, row: int, col: int) -> Figure:
+def plot_receptive_fields(
+    cnn: torch.nn.Sequential, vit: SiglipVisionTransformer, image: torch.Tensor, layer: int, row: int, col: int
+) -> Figure:
     """Pixel (row, col) after ``layer`` layers: its CNN receptive field, the ViT receptive field of
     its patch, and that patch's attention weights over all patches in ViT layer ``layer``."""
     patch = _patch_of(vit, row, col)
@@ -63,7 +69,7 @@ def plot_receptive_fields(cnn: torch.nn.Sequential, vit: SiglipVisionTransformer
 def _patch_of(vit: SiglipVisionTransformer, row: int, col: int) -> int:
     """Index of the patch (row-major) that holds pixel (row, col)."""
     patch_size = vit.embeddings.patch_embedding.kernel_size[0]
-    image_size = int(round(vit.embeddings.position_embedding.num_embeddings ** 0.5)) * patch_size
+    image_size = int(round(vit.embeddings.position_embedding.num_embeddings**0.5)) * patch_size
     if not (0 <= row < image_size and 0 <= col < image_size):
         raise ValueError(f"pixel ({row}, {col}) is outside the {image_size}x{image_size} image")
     return (row // patch_size) * (image_size // patch_size) + col // patch_size

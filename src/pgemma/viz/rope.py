@@ -13,8 +13,9 @@ from matplotlib.figure import Figure
 from pgemma.rope import apply_rope, rope_cos_sin, rope_frequencies
 
 
-def rotate_pair(vector: tuple[float, float], position: int, pair: int, head_dim: int,
-                theta: float = 10_000.0) -> tuple[float, float]:
+def rotate_pair(
+    vector: tuple[float, float], position: int, pair: int, head_dim: int, theta: float = 10_000.0
+) -> tuple[float, float]:
     """The 2-D vector ``vector`` placed in channel pair ``pair`` and rotated by ``pgemma.rope.apply_rope``."""
     if not 0 <= pair < head_dim // 2:
         raise ValueError(f"pair must be in [0, {head_dim // 2}) for head_dim {head_dim}, got {pair}")
@@ -32,8 +33,10 @@ def plot_rope_frequencies(head_dim: int, theta: float = 10_000.0, positions: int
     left.semilogy(frequencies.numpy(), "o-", markersize=3)
     left.set_xlabel("pair i")
     left.set_ylabel(r"$\theta_i$ (radians per token)")
-    left.set_title(f"H = {head_dim}: wavelengths {2 * math.pi:.1f} to "
-                   f"{2 * math.pi / frequencies[-1].item():,.0f} tokens", fontsize=10)
+    left.set_title(
+        f"H = {head_dim}: wavelengths {2 * math.pi:.1f} to {2 * math.pi / frequencies[-1].item():,.0f} tokens",
+        fontsize=10,
+    )
     angles = torch.arange(positions, dtype=torch.float32)[:, None] * frequencies  # (T, H/2)
     image = right.imshow(angles.cos().T.numpy(), aspect="auto", cmap="RdBu", vmin=-1, vmax=1)
     right.set_xlabel("position m")
@@ -53,10 +56,11 @@ def plot_rope_rotation(position: int, pair: int, head_dim: int = 16, theta: floa
     circle = torch.linspace(0, 2 * math.pi, 200)
     ax.plot(circle.cos().numpy(), circle.sin().numpy(), color="#cccccc")
     trail = [rotate_pair(before, m, pair, head_dim, theta) for m in range(position + 1)]
-    ax.scatter([p[0] for p in trail], [p[1] for p in trail], s=10, color="#999999", zorder=2,
-               label="positions 0..m")
-    for (u, v), color, name in [(before, "#4c72b0", "before (position 0)"),
-                                (after, "#c44e52", f"after (position {position})")]:
+    ax.scatter([p[0] for p in trail], [p[1] for p in trail], s=10, color="#999999", zorder=2, label="positions 0..m")
+    for (u, v), color, name in [
+        (before, "#4c72b0", "before (position 0)"),
+        (after, "#c44e52", f"after (position {position})"),
+    ]:
         ax.annotate("", xy=(u, v), xytext=(0, 0), arrowprops={"arrowstyle": "->", "color": color, "lw": 2})
         ax.plot([], [], color=color, lw=2, label=name)
     ax.set_xlim(-1.3, 1.3)
@@ -64,8 +68,10 @@ def plot_rope_rotation(position: int, pair: int, head_dim: int = 16, theta: floa
     ax.set_aspect("equal")
     ax.set_xlabel(f"channel {pair}")
     ax.set_ylabel(f"channel {pair + head_dim // 2}")
-    ax.set_title(f"pair {pair}, position {position}: angle {angle:.2f} rad "
-                 f"({math.degrees(angle) % 360:.0f} deg mod 360)", fontsize=10)
+    ax.set_title(
+        f"pair {pair}, position {position}: angle {angle:.2f} rad ({math.degrees(angle) % 360:.0f} deg mod 360)",
+        fontsize=10,
+    )
     ax.legend(loc="lower left", fontsize=8)
     figure.tight_layout()
     return figure

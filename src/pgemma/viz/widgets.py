@@ -38,24 +38,46 @@ def interactive_figure(draw: Callable[..., Figure], **controls: widgets.ValueWid
 
 def int_slider(description: str, value: int, low: int, high: int, step: int = 1) -> widgets.IntSlider:
     """An integer slider that reports its value only when released (redraws stay cheap)."""
-    return widgets.IntSlider(value=value, min=low, max=high, step=step, description=description,
-                             continuous_update=False, style={"description_width": "initial"})
+    return widgets.IntSlider(
+        value=value,
+        min=low,
+        max=high,
+        step=step,
+        description=description,
+        continuous_update=False,
+        style={"description_width": "initial"},
+    )
 
 
-def float_slider(description: str, value: float, low: float, high: float,
-                 step: float) -> widgets.FloatSlider:
+def float_slider(description: str, value: float, low: float, high: float, step: float) -> widgets.FloatSlider:
     """A float slider that reports its value only when released."""
-    return widgets.FloatSlider(value=value, min=low, max=high, step=step, description=description,
-                               continuous_update=False, style={"description_width": "initial"})
+    return widgets.FloatSlider(
+        value=value,
+        min=low,
+        max=high,
+        step=step,
+        description=description,
+        continuous_update=False,
+        style={"description_width": "initial"},
+    )
 
 
 def dropdown(description: str, options: list, value=None) -> widgets.Dropdown:
     """A dropdown menu of `options` (the first is selected unless `value` is given)."""
-    return widgets.Dropdown(options=options, value=options[0] if value is None else value,
-                            description=description, style={"description_width": "initial"})
+    return widgets.Dropdown(
+        options=options,
+        value=options[0] if value is None else value,
+        description=description,
+        style={"description_width": "initial"},
+    )
 
 
 def choice_slider(description: str, options: list, value) -> widgets.SelectionSlider:
     """A slider over a fixed list of values (e.g. the patch sizes that divide an image)."""
-    return widgets.SelectionSlider(options=options, value=value, description=description,
-                                   continuous_update=False, style={"description_width": "initial"})
+    return widgets.SelectionSlider(
+        options=options,
+        value=value,
+        description=description,
+        continuous_update=False,
+        style={"description_width": "initial"},
+    )
