@@ -1,10 +1,11 @@
-"""Tests for pgemma.processor: image steps, prompt layout, padding, bad input, checkpoint folders, HF parity."""
+"""Tests for pgemma.processor: image steps, batches, prompt layout, padding, bad input, checkpoint folders, HF parity.
+
+Image loading (pgemma.images) has its own tests in test_images.py.
+"""
 
 import dataclasses
 import json
 import logging
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -92,74 +93,25 @@ def test_image_steps(processor):
     assert tensor.shape == (3, IMAGE_SIZE, IMAGE_SIZE) and torch.allclose(tensor, torch.tensor(-1.0))
 
 
-def test_inputs_of_every_kind_agree(processor, tmp_path):
-    array = np.random.default_rng(1).integers(0, 256, (24, 36, 3), dtype=np.uint8)
-    Image.fromarray(array).save(tmp_path / "a.png")
-    from_array = processor.preprocess_image(array)
-    assert torch.equal(from_array, processor.preprocess_image(Image.fromarray(array)))
-    assert torch.equal(from_array, processor.preprocess_image(tmp_path / "a.png"))
-    assert torch.equal(from_array, processor.preprocess_image(str(tmp_path / "a.png")))
+def test_one_image_or_a_list_of_images(processor):
+    array = np.random.default_rng(2).integers(0, 256, (20, 30, 3), dtype=np.uint8)  # (H, W, C)
+    tensor = torch.from_numpy(array).permute(2, 0, 1)  # (C, H, W): one image, not three
+    one = processor(tensor, "caption en")
+    assert one.pixel_values.shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert torch.equal(one.pixel_values[0], processor.preprocess_image(array))
+    two = processor((array, tensor), ["caption en", "caption es"])
+    assert torch.equal(two.pixel_values[0], two.pixel_values[1])
 
 
-@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "I;16", "CMYK", "1"])
-def test_any_mode_becomes_rgb(processor, mode):
-    image = Image.new("RGB", (9, 7), (200, 30, 90)).convert(mode)
-    assert processor.load_image(image).mode == "RGB"
-
-
-def test_transparent_pixels_become_white(processor):
-    image = Image.new("RGBA", (4, 4), (10, 20, 30, 0))
-    assert processor.load_image(image).getpixel((0, 0)) == (255, 255, 255)
-
-
-def test_bad_files(processor, tmp_path):
-    with pytest.raises(ValueError, match="does not exist"):
-        processor.load_image(tmp_path / "missing.png")
-    (tmp_path / "empty.png").write_bytes(b"")
-    with pytest.raises(ValueError, match="is empty"):
-        processor.load_image(tmp_path / "empty.png")
-    (tmp_path / "text.png").write_text("hello, not an image")
-    with pytest.raises(ValueError, match="not an image file"):
-        processor.load_image(tmp_path / "text.png")
-    Image.new("RGB", (64, 64)).save(tmp_path / "cut.png")
-    (tmp_path / "cut.png").write_bytes((tmp_path / "cut.png").read_bytes()[:60])
-    with pytest.raises(ValueError, match="could not be decoded"):
-        processor.load_image(tmp_path / "cut.png")
-
-
-def test_too_large_image_refused_before_decoding(tokenizer, tmp_path):
-    small_limit = PaliGemmaProcessor(tokenizer, IMAGE_SIZE, NUM_IMAGE_TOKENS, max_image_pixels=100)
-    Image.new("RGB", (11, 10)).save(tmp_path / "big.png")
-    with pytest.raises(ValueError, match="too large: 11x10 pixels, the limit is 100"):
-        small_limit.load_image(tmp_path / "big.png")
-    with pytest.raises(ValueError, match="too large"):
-        small_limit.load_image(np.zeros((20, 20, 3), np.uint8))
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG file of a few dozen bytes whose header claims width x height pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
-@pytest.mark.parametrize("side", [9000, 20_000])  # past our limit; past PIL's own bomb limit too
-def test_decompression_bomb_refused(processor, tmp_path, side):
-    (tmp_path / "bomb.png").write_bytes(png_claiming(side, side))
-    with pytest.raises(ValueError, match="too large"):
-        processor.load_image(tmp_path / "bomb.png")
-
-
-def test_bad_arrays_and_types(processor):
-    with pytest.raises(TypeError, match="uint8"):
-        processor.load_image(np.zeros((4, 4, 3), np.float32))
-    with pytest.raises(ValueError, match="got shape"):
-        processor.load_image(np.zeros((3, 4, 5), np.uint8))
-    with pytest.raises(TypeError, match="got int"):
-        processor.load_image(3)
+def test_what_is_not_an_image_is_named(processor):
+    with pytest.raises(TypeError, match=r"images must be .*got a torch tensor of shape \(2, 3, 8, 8\)"):
+        processor(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), ["caption en", "caption es"])
+    with pytest.raises(TypeError, match="images must be .*got bytes"):
+        processor(b"\xff\xd8\xff", "caption en")
+    with pytest.raises(TypeError, match="images must be .*got NoneType"):
+        processor(None, "caption en")
+    with pytest.raises(TypeError, match=r"images\[0\] must be .*got list"):
+        processor([random_images()[:2]], ["caption en"])
 
 
 def test_bad_batches(processor):

@@ -314,7 +314,9 @@ def generate(
     """Answer each prompt about its image.
 
     Args:
-        images, prompts: one image per prompt (a single image and prompt are fine too).
+        images, prompts: one image per prompt (a single image and prompt are fine too); an image is a file path, a PIL
+            image, a numpy array [H, W(, C)] (channels last) or a torch tensor [(C,) H, W] (channels first), uint8 or
+            uint16, and a list or tuple of them is a batch (see `pgemma.images`).
         max_new_tokens: the most tokens written per answer.
         sampling: how each token is chosen (default: greedy).
         stream: called as stream(row, text) with each new piece of a row's answer as it is written.

@@ -18,6 +18,9 @@ suffix "yo"):
     token_type_ids     0      0       0      0     0    0     1     1
     labels          -100   -100    -100   -100  -100 -100    yo  <eos>
 
+`load_image` takes a file path, a PIL image, a numpy array or a torch tensor, turns it upright
+by its EXIF orientation and makes it 8-bit RGB; `pgemma.images` says what it accepts and how.
+
 Batches are padded on the LEFT so that every row's last token sits in the last column, which
 is where generation appends the next one.
 
@@ -32,26 +35,21 @@ Not supported: several images per prompt; images of other sizes than the checkpo
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from pgemma.config import CONFIG_NAME, IGNORE_INDEX, PaliGemmaConfig, load_config
+from pgemma.images import MAX_IMAGE_PIXELS, ImageInput, image_batch, load_image
 from pgemma.tokenizer import BOS, EOS, IMAGE, PAD, SPECIAL_TOKENS, PaliGemmaTokenizer
-
-ImageInput = str | Path | Image.Image | np.ndarray
 
 IMAGE_MEAN = 0.5  # SigLIP maps pixels to [-1, 1]: (x - 0.5) / 0.5 on all three channels
 IMAGE_STD = 0.5
 RESCALE_FACTOR = 1 / 255
-# Checked from the file header before any pixel is decoded, so a small file that claims to be
-# a huge image (a "decompression bomb") is refused without filling memory. 8192 x 8192.
-MAX_IMAGE_PIXELS = 8192 * 8192
 
 
 class ProcessorBatch(NamedTuple):
@@ -130,66 +128,14 @@ class PaliGemmaProcessor:
     # ---- Images ------------------------------------------------------------------------------
 
     def load_image(self, image: ImageInput) -> Image.Image:
-        """Open and validate one image; returns it as an RGB PIL image.
+        """Open and validate one image; returns it upright, as an 8-bit RGB PIL image.
 
         Args:
-            image: a file path, a PIL image of any mode, or a uint8 array [H, W], [H, W, 3] or [H, W, 4].
+            image: a file path (str or Path), a PIL image, a uint8 or uint16 numpy array [H, W] or
+                [H, W, C] (channels last) or torch tensor [H, W] or [C, H, W] (channels first).
+                `pgemma.images` lists what is accepted, refused, and how it becomes RGB.
         """
-        if isinstance(image, (str, Path)):
-            image = self._open_image_file(Path(image))
-        elif isinstance(image, np.ndarray):
-            image = self._array_to_image(image)
-        elif not isinstance(image, Image.Image):
-            raise TypeError(
-                f"an image must be a file path, a PIL.Image or a numpy uint8 array, got {type(image).__name__}"
-            )
-        self._check_pixels(image.size, "image")
-        if image.mode == "RGB":
-            return image
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            # Transparent pixels become white, as transformers' convert_to_rgb does.
-            background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
-        return image.convert("RGB")
-
-    def _open_image_file(self, path: Path) -> Image.Image:
-        if not path.is_file():
-            raise ValueError(f"image file {str(path)!r} does not exist or is not a file")
-        if path.stat().st_size == 0:
-            raise ValueError(f"image file {str(path)!r} is empty")
-        try:
-            with warnings.catch_warnings():  # PIL warns past its own, higher, limit; we refuse below it
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                opened = Image.open(path)  # reads only the header
-            with opened:
-                self._check_pixels(opened.size, f"image file {str(path)!r}")
-                opened.load()
-                return opened.copy()
-        except UnidentifiedImageError:
-            raise ValueError(f"{str(path)!r} is not an image file PIL can read") from None
-        except Image.DecompressionBombError:
-            raise ValueError(
-                f"image file {str(path)!r} is too large (more than {self.max_image_pixels} pixels)"
-            ) from None
-        except (OSError, SyntaxError) as error:  # truncated or corrupt pixel data
-            raise ValueError(f"image file {str(path)!r} could not be decoded: {error}") from None
-
-    def _array_to_image(self, array: np.ndarray) -> Image.Image:
-        if array.dtype != np.uint8:
-            raise TypeError(f"image arrays must be uint8 in [0, 255], got dtype {array.dtype}")
-        if array.ndim == 3 and array.shape[-1] == 1:
-            array = array[..., 0]
-        if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))) or 0 in array.shape:
-            raise ValueError(
-                f"image arrays must be [H, W], [H, W, 3] or [H, W, 4] (channels last), got shape {array.shape}"
-            )
-        self._check_pixels((array.shape[1], array.shape[0]), "image array")
-        return Image.fromarray(array)
-
-    def _check_pixels(self, size: tuple[int, int], what: str) -> None:
-        width, height = size
-        if width * height > self.max_image_pixels:
-            raise ValueError(f"{what} is too large: {width}x{height} pixels, the limit is {self.max_image_pixels}")
+        return load_image(image, self.max_image_pixels)
 
     def resize(self, image: Image.Image) -> Image.Image:
         """Resize to I x I with bicubic interpolation, ignoring the aspect ratio (as PaliGemma does)."""
@@ -244,8 +190,20 @@ class PaliGemmaProcessor:
         prompts: str | Sequence[str],
         suffixes: str | Sequence[str] | None = None,
     ) -> ProcessorBatch:
-        """Process a batch: one image per prompt, and optionally the answers (suffixes) to train on."""
-        images = [images] if isinstance(images, (str, Path, Image.Image, np.ndarray)) else list(images)
+        """Process a batch: one image per prompt, and optionally the answers (suffixes) to train on.
+
+        Args:
+            images: one image, or a list or tuple of images, one per prompt. An image is a file
+                path (str or Path), a PIL image, a uint8 or uint16 numpy array [H, W] or [H, W, C]
+                (channels last) or torch tensor [H, W] or [C, H, W] (channels first); an array or a
+                tensor is always one image (split a 4-D batch with list(batch)). See `pgemma.images`.
+            prompts: one str, or a list or tuple of them.
+            suffixes: the answers to train on, one per prompt; None at inference (labels is None).
+        Raises:
+            TypeError: an image that is none of these (bytes, None, a nested list, a 4-D array...).
+            ValueError: counts that differ, a bad image file or mode, a prompt too long.
+        """
+        images = image_batch(images)
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if suffixes is not None:
             suffixes = [suffixes] if isinstance(suffixes, str) else list(suffixes)
