@@ -1,7 +1,9 @@
 """Loading and saving checkpoints: every key layout, dtypes, transformers round trip, clear errors."""
 
 import json
+import os
 import shutil
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 import pgemma.processor
 from pgemma.checkpoint import load_model, load_pretrained, pgemma_key, save_pretrained
+from pgemma.config import PaliGemmaConfig
 
 NAME = "grouped_query"
 
@@ -140,6 +143,18 @@ def test_load_pretrained_returns_the_processor_of_the_same_directory(source, mon
     model, processor = load_pretrained(source, dtype=torch.bfloat16)
     assert processor == "processor" and seen == [source]
     assert model.multi_modal_projector.linear.weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_saved_files_get_the_permissions_the_umask_gives(tmp_path, random_model, mask, mode):
+    model = random_model(PaliGemmaConfig.tiny())
+    saved = os.umask(mask)
+    try:
+        save_pretrained(model, tmp_path / "saved")
+    finally:
+        os.umask(saved)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "saved").iterdir()}
+    assert modes == {"config.json": mode, "model.safetensors": mode}  # nothing else, no temporary file
 
 
 # Errors: each names what is wrong and where.
@@ -277,6 +292,59 @@ def test_the_model_is_built_on_the_meta_device_and_filled_from_the_file(source, 
     model = load_model(source)
     assert built_on == [{"meta"}]  # no memory for weights until they are read
     assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+NOT_FLOAT = {
+    torch.int8: "I8",
+    torch.int16: "I16",
+    torch.int32: "I32",
+    torch.int64: "I64",
+    torch.uint8: "U8",
+    torch.uint16: "U16",
+    torch.uint32: "U32",
+    torch.uint64: "U64",
+    torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+}
+
+
+@pytest.mark.parametrize("stored", list(NOT_FLOAT), ids=list(NOT_FLOAT.values()))
+@pytest.mark.parametrize("dtype", [None, torch.float32])
+def test_a_weight_stored_as_a_non_float_is_refused_naming_key_file_and_dtype(source, tmp_path, stored, dtype):
+    key = "language_model.model.layers.1.mlp.up_proj.weight"
+    folder = _rewrite(source, tmp_path / "ints", lambda k: k, shards=2)
+    [file] = [f for f in folder.glob("*.safetensors") if key in load_file(f)]
+    tensors = load_file(file)
+    tensors[key] = (tensors[key] > 0) if stored == torch.bool else (tensors[key] * 100).to(stored)
+    save_file(tensors, file, metadata={"format": "pt"})
+    with pytest.raises(ValueError) as error:
+        load_model(folder, dtype=dtype)
+    message = str(error.value)
+    assert f"{key} in {file.name} stored as {NOT_FLOAT[stored]}, not as floating-point weights" in message
+    assert message.startswith(f"{folder}: ")
+
+
+@pytest.mark.parametrize("stored", [torch.int32, torch.uint8])
+def test_an_integer_checkpoint_is_refused_without_suggesting_a_dtype(source, tmp_path, stored):
+    folder = _rewrite(source, tmp_path / "ints", lambda k: k)
+    tensors = {key: t.to(stored) for key, t in load_file(folder / "model.safetensors").items()}
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    for dtype in (None, torch.float32, torch.bfloat16):
+        with pytest.raises(ValueError, match=f"in model.safetensors stored as {NOT_FLOAT[stored]}") as error:
+            load_model(folder, dtype=dtype)
+        assert "dtype=" not in str(error.value)
+        assert "language_model.model.embed_tokens.weight" in str(error.value)
+
+
+def test_a_float64_weight_among_float32_ones_is_cast(source, tmp_path):
+    key = "multi_modal_projector.linear.weight"
+    folder = _rewrite(source, tmp_path / "f64", lambda k: k)
+    tensors = load_file(folder / "model.safetensors")
+    tensors[key] = tensors[key].double()
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    weight = load_model(folder).multi_modal_projector.linear.weight
+    assert weight.dtype == torch.float32 and torch.equal(weight, load_file(source / "model.safetensors")[key])
 
 
 def test_float64_checkpoint_needs_an_explicit_dtype(source, tmp_path):

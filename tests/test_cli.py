@@ -1,14 +1,19 @@
 """Tests for `python -m pgemma generate`: a real run on a tiny checkpoint, the shipped defaults, and clean errors."""
 
 import importlib
+import json
+import math
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from pgemma import shipped
 from pgemma.__main__ import main
@@ -25,6 +30,20 @@ def image_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("images") / "shapes.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def broken_checkpoints(checkpoint, tmp_path_factory) -> dict[str, Path]:
+    """Copies of the checkpoint: "ints" with int32 weights, "nan_config" with rms_norm_eps NaN."""
+    folders = {name: tmp_path_factory.mktemp(name) / "checkpoint" for name in ("ints", "nan_config")}
+    for folder in folders.values():
+        shutil.copytree(checkpoint, folder)
+    weights = load_file(checkpoint / "model.safetensors")
+    save_file({key: t.to(torch.int32) for key, t in weights.items()}, folders["ints"] / "model.safetensors")
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["text_config"]["rms_norm_eps"] = math.nan
+    (folders["nan_config"] / "config.json").write_text(json.dumps(config))
+    return folders
 
 
 def pgemma(*args: str) -> subprocess.CompletedProcess:
@@ -212,9 +231,28 @@ def test_python_m_pgemma_generate_with_no_arguments(tmp_path):
             ["--model", "{checkpoint}", "--image", "{image}", "--prompt", "a very long prompt " * 40],
             "longer than the model's context of 128",
         ),
+        (["--model", "{checkpoint}", "--image", "{image_folder}"], "does not exist or is not a file"),
+        (["--model", "{image}", "--image", "{image}"], "does not exist or is not a folder"),
+        (["--model", "{checkpoint}", "--image", "{image}", "--device", "meta"], "not on meta"),
+        (["--model", "{checkpoint}", "--image", "{image}", "--device", "cpu:1"], "there is one cpu device"),
+        (["--model", "{checkpoint}", "--image", "{image}", "--device", ""], "is not a torch device"),
+        (["--model", "{checkpoint}", "--image", "{image}", "--device", "xla"], "pgemma computes on cpu, cuda, mps"),
+        (["--model", "{checkpoint}", "--image", "{image}", "--temperature", "inf"], "must be a finite number"),
+        (["--model", "{checkpoint}", "--image", "{image}", "--temperature", "-1"], "temperature must be > 0"),
+        (["--model", "{checkpoint}", "--image", "{image}", "--top-p", "nan"], "top_p must be in (0, 1]"),
+        (["--model", "{checkpoint}", "--image", "{image}", "--top-k", "-1"], "top_k must be a positive int"),
+        (["--model", "{checkpoint}", "--image", "{image}", "--seed", str(2**64)], "seed must be in [-2**63, 2**64)"),
+        (
+            ["--model", "{checkpoint}", "--image", "{image}", "--max-new-tokens", str(10**30)],
+            "exceeds the model's context of 128; lower max_new_tokens",
+        ),
+        (["--model", "{checkpoint}", "--image", "{image}", "--prompt", "caf\udce9"], "is not valid Unicode"),
+        (["--model", "{checkpoint}", "--image", "{image}", "--prompt", "<image>"], "contains <image>"),
+        (["--model", "{ints}", "--image", "{image}"], "stored as I32, not as floating-point weights"),
+        (["--model", "{nan_config}", "--image", "{image}"], "text_config.rms_norm_eps must be a finite positive"),
     ],
 )
-def test_bad_input_exits_2_with_a_message(checkpoint, image_file, tmp_path, capsys, args, message):
+def test_bad_input_exits_2_with_a_message(checkpoint, broken_checkpoints, image_file, tmp_path, capsys, args, message):
     (tmp_path / "empty.png").write_bytes(b"")
     paths = {
         "checkpoint": checkpoint,
@@ -222,6 +260,7 @@ def test_bad_input_exits_2_with_a_message(checkpoint, image_file, tmp_path, caps
         "missing": tmp_path / "missing",
         "empty": tmp_path / "empty.png",
         "image_folder": image_file.parent,
+        **broken_checkpoints,
     }
     assert main(["generate", *(a.format(**paths) for a in args)]) == 2
     captured = capsys.readouterr()
@@ -229,11 +268,68 @@ def test_bad_input_exits_2_with_a_message(checkpoint, image_file, tmp_path, caps
     assert len(captured.err.strip().splitlines()) == 1 and captured.out == ""
 
 
-def test_usage_errors(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main([])
-    assert exit_info.value.code == 2
-    with pytest.raises(SystemExit) as exit_info:
-        main(["generate", "--dtype", "float64"])
-    assert exit_info.value.code == 2
-    assert "invalid choice: 'float64'" in capsys.readouterr().err
+def test_a_device_this_machine_lacks_exits_2_before_loading(checkpoint, image_file, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    for device in ("cuda", "cuda:0", "mps"):
+        assert main(["generate", "--model", str(checkpoint), "--image", str(image_file), "--device", device]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"pgemma: error: device '{device}': ") and captured.out == ""
+        assert "is not available on this machine; use cpu" in captured.err
+        assert len(captured.err.splitlines()) == 1
+
+
+def test_a_kv_cache_too_large_for_the_machine_exits_2(checkpoint, image_file, capsys, monkeypatch):
+    monkeypatch.setattr(importlib.import_module("pgemma.generate"), "available_bytes", lambda device: 1000)
+    assert main(["generate", "--model", str(checkpoint), "--image", str(image_file), "--max-new-tokens", "5"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("pgemma: error: the KV cache for 1 row(s) of ")
+    assert "but cpu has 1,000 bytes (0.0 GiB) available; lower max_new_tokens" in captured.err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "the following arguments are required: command (see pgemma --help)"),
+        (["generate", "--dtype", "float64"], "argument --dtype: invalid choice: 'float64'"),
+        (["generate", "--max-new-tokens", "0"], "argument --max-new-tokens: must be a positive int, got 0"),
+        (["generate", "--max-new-tokens", "-1"], "argument --max-new-tokens: must be a positive int, got -1"),
+        (["generate", "--max-new-tokens", "1e3"], "argument --max-new-tokens: invalid positive_int value: '1e3'"),
+        (["generate", "--temperature", "hot"], "argument --temperature: invalid float value: 'hot'"),
+        (["generate", "--top-k", "1.5"], "argument --top-k: invalid int value: '1.5'"),
+        (["generate", "--image"], "argument --image: expected one argument"),
+        (["generate", "--colour", "red"], "unrecognized arguments: --colour red"),
+        (["train"], "argument command: invalid choice: 'train'"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(capsys, monkeypatch, tmp_path, args, message):
+    monkeypatch.chdir(tmp_path)  # were a run to start, its drawn scene lands here
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("pgemma: error: ") and message in captured.err, captured.err
+    assert len(captured.err.splitlines()) == 1 and captured.out == ""
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--dtype", "float16"], ["--dtype", "bfloat16"], ["--prompt", ""], ["--seed", "-1"], ["--top-k", str(10**30)]],
+)
+def test_unusual_but_valid_values_run(checkpoint, image_file, capsys, flags):
+    assert (
+        main(["generate", "--model", str(checkpoint), "--image", str(image_file), "--max-new-tokens", "2", *flags]) == 0
+    )
+    assert capsys.readouterr().err == ""
+
+
+def test_help_exits_0(capsys):
+    assert main(["generate", "--help"]) == 0
+    assert "--max-new-tokens" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # a fresh Python imports torch: a few seconds
+def test_a_bad_device_is_one_line_without_traceback_in_a_real_process(checkpoint, image_file):
+    result = pgemma("generate", "--model", checkpoint, "--image", image_file, "--device", "meta")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "pgemma: error: device 'meta': pgemma computes on cpu, cuda, mps, not on meta (it holds shapes, not numbers)"
+    ]

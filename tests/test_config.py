@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import pytest
 
@@ -224,3 +225,90 @@ def test_special_token_ids_may_live_in_text_config():
 def test_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         PaliGemmaConfig.tiny().text_config.hidden_size = 8
+
+
+# Every number of every config is checked: type (a bool is not an int), finiteness and range.
+NUMERIC_FIELDS = [
+    *(("vision_config", f.name, f.type) for f in dataclasses.fields(SiglipVisionConfig)),
+    *(("text_config", f.name, f.type) for f in dataclasses.fields(GemmaConfig)),
+    *((None, f.name, f.type) for f in dataclasses.fields(PaliGemmaConfig) if f.type in ("int", "float")),
+]
+
+
+def _bad_values(kind: str, name: str) -> list:
+    values = [math.nan, math.inf, -math.inf, True, False, -1, "7", [1]]
+    if kind == "int":
+        values += [0.5, 2.0] + ([] if name.endswith(("_id", "_index")) else [0])
+    else:
+        values += [0, -1e-6] + ([1.0, 10] if name.endswith("_eps") else [])
+    return values
+
+
+@pytest.mark.parametrize(
+    "part, name, value",
+    [(part, name, value) for part, name, kind in NUMERIC_FIELDS for value in _bad_values(kind, name)],
+    ids=lambda x: repr(x) if not isinstance(x, str) else x,
+)
+def test_every_bad_number_in_config_json_is_refused_naming_field_value_and_file(part, name, value, tmp_path):
+    config_json = PaliGemmaConfig.tiny().to_hf_dict()
+    if part == "text_config" and name == "rope_theta":
+        del config_json["text_config"]["rope_parameters"]  # else it would stand for rope_theta
+    (config_json if part is None else config_json[part])[name] = value
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config_json))  # NaN and Infinity as Python's json writes and reads them
+    with pytest.raises((TypeError, ValueError)) as error:
+        load_config(tmp_path)
+    message = str(error.value)
+    assert str(path) in message and (f"{part}.{name}" if part else name) in message
+    assert repr(value) in message or str(value) in message, message
+
+
+def test_nan_in_rope_parameters_and_disagreeing_rope_thetas_are_refused(tmp_path):
+    config_json = PaliGemmaConfig.tiny().to_hf_dict()
+    config_json["text_config"]["rope_parameters"]["rope_theta"] = math.nan
+    del config_json["text_config"]["rope_theta"]
+    with pytest.raises(ValueError, match="text_config.rope_theta must be a finite positive number, got nan"):
+        PaliGemmaConfig.from_hf_dict(config_json)
+    config_json["text_config"]["rope_parameters"]["rope_theta"] = 500.0
+    config_json["text_config"]["rope_theta"] = 10000.0
+    with pytest.raises(ValueError, match=r"rope_theta \(10000.0\) and text_config.rope_parameters.rope_theta \(500"):
+        PaliGemmaConfig.from_hf_dict(config_json)
+
+
+def test_nan_literals_of_a_real_file_are_refused(tmp_path):
+    text = json.dumps(HUB_3B_224).replace('"hidden_size": 1152', '"hidden_size": 1152, "layer_norm_eps": NaN')
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=r"config\.json: vision_config.layer_norm_eps must be a finite positive"):
+        load_config(tmp_path)
+    text = json.dumps(HUB_3B_224).replace('"vocab_size": 257216', '"vocab_size": 257216, "rms_norm_eps": Infinity')
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match="text_config.rms_norm_eps must be a finite positive number, got inf"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "build, error, message",
+    [
+        (lambda: GemmaConfig(hidden_size=True), TypeError, "text_config.hidden_size must be an int, got True"),
+        (lambda: GemmaConfig(head_dim=16.0), TypeError, "text_config.head_dim must be an int, got 16.0"),
+        (lambda: GemmaConfig(rms_norm_eps=math.nan), ValueError, "rms_norm_eps must be a finite positive number"),
+        (lambda: GemmaConfig(rms_norm_eps=1.0), ValueError, "rms_norm_eps must be a small positive number below 1"),
+        (lambda: GemmaConfig(rope_theta=-math.inf), ValueError, "rope_theta must be a finite positive number"),
+        (lambda: GemmaConfig(rope_theta=False), TypeError, "text_config.rope_theta must be a number, got False"),
+        (lambda: SiglipVisionConfig(num_channels=True), TypeError, "vision_config.num_channels must be an int"),
+        (lambda: SiglipVisionConfig(layer_norm_eps=0), ValueError, "layer_norm_eps must be a finite positive"),
+        (lambda: PaliGemmaConfig(pad_token_id=True), TypeError, "pad_token_id must be an int, got True"),
+        (lambda: PaliGemmaConfig(eos_token_id=-1), ValueError, r"eos_token_id \(-1\) must be in \[0, "),
+        (lambda: PaliGemmaConfig(projection_dim=2048.0), TypeError, "projection_dim must be an int, got 2048.0"),
+        (lambda: PaliGemmaConfig(pad_token_id=257152), ValueError, "image_token_index and pad_token_id are both"),
+        (lambda: PaliGemmaConfig(text_config={}), TypeError, "text_config must be a GemmaConfig, got {}"),
+    ],
+)
+def test_configs_check_their_numbers_when_built(build, error, message):
+    with pytest.raises(error, match=message):
+        build()
+
+
+def test_a_large_context_is_a_valid_config():
+    config = GemmaConfig(max_position_embeddings=10**9, rope_theta=1e6, rms_norm_eps=1e-5)
+    assert config.max_position_embeddings == 10**9

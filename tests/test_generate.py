@@ -1,8 +1,9 @@
 """Tests for pgemma.generate: parity with transformers' generate, cache vs oracle, sampling, EOS."""
 
+import importlib
 import math
 import re
-from dataclasses import FrozenInstanceError
+from dataclasses import FrozenInstanceError, replace
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image
 from torch import nn
 
 from pgemma.checkpoint import load_model
+from pgemma.config import GemmaConfig, PaliGemmaConfig
 from pgemma.generate import (
     Sampling,
     TextStreamer,
@@ -22,6 +24,7 @@ from pgemma.generate import (
 )
 from pgemma.kv_cache import KVCache
 from pgemma.processor import PaliGemmaProcessor, load_processor
+from pgemma.profiling import random_batch
 from pgemma.tokenizer import PaliGemmaTokenizer
 
 PROMPTS = ["caption en", "answer en what color is the cat? say it"]  # different lengths: one row is padded
@@ -272,6 +275,8 @@ def test_sample_next_token_follows_the_distribution():
         (dict(do_sample=True, top_p=True), "top_p must be in (0, 1], got True"),
         (dict(do_sample=True, seed=True), "seed must be an int, got True"),
         (dict(do_sample=True, seed=1.5), "seed must be an int, got 1.5"),
+        (dict(do_sample=True, seed=2**64), f"seed must be in [-2**63, 2**64), got {2**64}"),
+        (dict(do_sample=True, seed=-(2**63) - 1), f"seed must be in [-2**63, 2**64), got {-(2**63) - 1}"),
     ],
 )
 def test_sampling_refuses_bad_settings(options, message):
@@ -346,3 +351,38 @@ def test_decode_step_without_padding_needs_no_mask(use_sdpa, configs, random_mod
             )
             logits.append(model.decode_step(new_ids, step_mask, positions[:, -1:] + 1, prefill.kv_cache).logits)
     assert torch.equal(*logits)
+
+
+def test_a_kv_cache_that_cannot_fit_is_refused_before_allocating(random_model, monkeypatch):
+    config = replace(PaliGemmaConfig.tiny(), text_config=replace(GemmaConfig.tiny(), max_position_embeddings=10**9))
+    model = random_model(config)
+    batch = random_batch(config, batch_size=2, text_length=4)  # 16 image tokens + 4: a prompt of 20
+    generate_module = importlib.import_module("pgemma.generate")  # not the function pgemma exports
+
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("KVCache.empty was called")
+
+    monkeypatch.setattr(generate_module, "available_bytes", lambda device: 10**9)
+    monkeypatch.setattr(KVCache, "empty", no_allocation)
+    with pytest.raises(ValueError) as error:
+        next(generate_tokens(model, batch, max_new_tokens=10**8))
+    # 256 bytes per token and row (GemmaConfig.tiny), 2 rows of 20 + 10**8 tokens.
+    assert str(error.value) == (
+        "the KV cache for 2 row(s) of 20 prompt tokens + max_new_tokens=100000000 needs 51,200,010,240 bytes "
+        "(47.7 GiB) but cpu has 1,000,000,000 bytes (0.9 GiB) available; lower max_new_tokens "
+        "(or the number of prompts, or use a smaller dtype)"
+    )
+    monkeypatch.undo()
+    # A cache that fits exactly is allocated for the prompt and max_new_tokens only, not the whole context.
+    needed = KVCache.bytes_needed(config.text_config, 2, 20 + 3)
+    monkeypatch.setattr(generate_module, "available_bytes", lambda device: needed)
+    allocated = []
+    empty = KVCache.empty
+    monkeypatch.setattr(KVCache, "empty", lambda *args: allocated.append(args[2]) or empty(*args))
+    assert len(list(generate_tokens(model, batch, max_new_tokens=3))) <= 3
+    assert allocated == [23]
+    monkeypatch.setattr(generate_module, "available_bytes", lambda device: needed - 1)
+    with pytest.raises(ValueError, match="needs 11,776 bytes"):
+        next(generate_tokens(model, batch, max_new_tokens=3))
+    monkeypatch.setattr(generate_module, "available_bytes", lambda device: None)  # unknown: not checked
+    assert len(list(generate_tokens(model, batch, max_new_tokens=3))) <= 3

@@ -1,5 +1,7 @@
 """The KV cache object, and the decoder's cached decoding against full recomputation."""
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -83,3 +85,33 @@ def test_cached_decoding_equals_recomputation(kv_heads, batch, prompt, steps, se
             pieces.append(logits)
     assert cache.length == length
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-5)
+
+
+def test_bytes_needed_is_what_empty_allocates():
+    config = GemmaConfig.tiny()
+    for dtype in (torch.float32, torch.bfloat16):
+        cache = KVCache.empty(config, batch_size=3, max_length=17, dtype=dtype)
+        allocated = sum(t.numel() * t.element_size() for t in (*cache.keys, *cache.values))
+        assert KVCache.bytes_needed(config, 3, 17, dtype) == allocated
+    # 2 (keys, values) * 2 layers * 1 kv head * 16 dims * 4 bytes = 256 bytes per token.
+    assert KVCache.bytes_needed(config, 1, 10**9) == 256 * 10**9
+
+
+def test_an_allocation_failure_names_the_bytes(monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 25600000000 bytes.")
+
+    config = dataclasses.replace(GemmaConfig.tiny(), max_position_embeddings=10**9)
+    monkeypatch.setattr(torch, "zeros", out_of_memory)
+    with pytest.raises(MemoryError) as error:
+        KVCache.empty(config, batch_size=1, max_length=10**8)
+    assert str(error.value).startswith(
+        "cannot allocate a KV cache of 25,600,000,000 bytes (23.8 GiB) on cpu for 1 rows of 100000000 tokens; "
+        "lower max_length or batch_size (DefaultCPUAllocator: not enough memory"
+    )
+
+
+@pytest.mark.parametrize("batch_size, max_length", [(0, 4), (1, 0), (True, 4), (1, 2.0)])
+def test_empty_refuses_sizes_that_are_not_positive_ints(batch_size, max_length):
+    with pytest.raises(ValueError, match="must be a positive int"):
+        KVCache.empty(GemmaConfig.tiny(), batch_size, max_length)

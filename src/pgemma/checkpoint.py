@@ -9,6 +9,10 @@ can run arbitrary code when loaded, so it is refused.
 
 The model is built on the ``meta`` device (shapes, no memory), then each tensor is read from the
 memory-mapped file, cast, moved and assigned in turn: the weights exist once, never twice.
+
+Weights are floating-point numbers: a tensor stored as integers, booleans, complex numbers, or in an
+8-bit or smaller float format (quantized checkpoints, whose scales pgemma does not apply) is refused,
+not cast. float64 is read only with an explicit ``dtype=``: pgemma computes in float32 at most.
 """
 
 from __future__ import annotations
@@ -25,12 +29,16 @@ from safetensors.torch import save_file
 from torch import nn
 
 from pgemma.config import CONFIG_NAME, load_config
+from pgemma.devices import compute_device
+from pgemma.files import atomic_write
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+# The safetensors dtypes a weight may be stored in; the first three are also dtypes pgemma computes in.
+WEIGHT_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # (prefix in a file, prefix in pgemma); the first match wins.
 KEY_RENAMES = (
@@ -68,8 +76,9 @@ def load_model(
     Args:
         path: a directory with ``config.json`` and ``model.safetensors`` or a sharded
             ``model.safetensors.index.json``, in any key layout transformers has written.
-        dtype: float32, bfloat16 or float16; None keeps the checkpoint's (its embedding's) dtype.
-        device: where the weights go.
+        dtype: float32, bfloat16 or float16; None keeps the checkpoint's (its embedding's) dtype,
+            which must then be one of those three.
+        device: where the weights go: cpu, or cuda or mps if this machine has one (``devices.compute_device``).
         use_sdpa: use PyTorch's fused attention kernel (see ``attention.attention``).
     Note: on the CPU, a tensor that needs no cast stays memory-mapped from its file (the operating
     system reads it in when first used), so do not overwrite the files while the model is in use.
@@ -82,14 +91,19 @@ def load_model(
                 "code when loaded. Convert it to model.safetensors with trusted tools first"
             )
         raise ValueError(f"{path}: expected a checkpoint directory (config.json + model.safetensors)")
-    if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
+    if dtype is not None and dtype not in COMPUTE_DTYPES:
         raise ValueError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+    device = compute_device(device)
     config = load_config(path)
     tensors = _index_tensors(path)  # our name -> (file, key in the file)
     with ExitStack() as stack:
         handles = {file: stack.enter_context(_open(file)) for file in {file for file, _ in tensors.values()}}
-        with torch.device("meta"), _without_init():
-            model = PaliGemmaForConditionalGeneration(config, use_sdpa)
+        try:
+            with torch.device("meta"), _without_init():
+                model = PaliGemmaForConditionalGeneration(config, use_sdpa)
+        except (RuntimeError, TypeError, OverflowError) as error:  # sizes whose products overflow int64
+            reason = str(error).splitlines()[0]
+            raise ValueError(f"{path / CONFIG_NAME}: PyTorch cannot build a model of these sizes ({reason})") from None
         expected = {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
         _check_keys(expected, tensors, handles, path)
         if dtype is None:
@@ -113,7 +127,8 @@ def load_model(
 def save_pretrained(model: PaliGemmaForConditionalGeneration, path: str | Path) -> None:
     """Write ``config.json`` and ``model.safetensors`` in the hub layout (transformers loads it).
 
-    The tied output head is not written: like the hub files, the embedding stands for both.
+    The tied output head is not written: like the hub files, the embedding stands for both. Each
+    file is written whole (``files.atomic_write``), with the permissions the user's umask gives.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -124,9 +139,10 @@ def save_pretrained(model: PaliGemmaForConditionalGeneration, path: str | Path) 
     }
     config = model.config.to_hf_dict()
     config["dtype"] = str(state[EMBED_KEY].dtype).removeprefix("torch.")
-    (path / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    # transformers refuses safetensors files without this metadata.
-    save_file(state, path / WEIGHTS_NAME, metadata={"format": "pt"})
+    with atomic_write(path / CONFIG_NAME) as temporary:
+        temporary.write_text(json.dumps(config, indent=2) + "\n")
+    with atomic_write(path / WEIGHTS_NAME) as temporary:
+        save_file(state, temporary, metadata={"format": "pt"})  # transformers needs this metadata
 
 
 def load_pretrained(
@@ -183,7 +199,7 @@ def _check_keys(
     handles: dict[Path, Any],
     path: Path,
 ) -> None:
-    """Name every missing, unexpected and mis-shaped tensor, all in one error."""
+    """Name every missing, unexpected, mis-shaped and non-floating-point tensor, all in one error."""
     problems = []
     missing = [name for name in expected if name not in tensors and name != HEAD_KEY]  # the head is optional
     if missing:
@@ -191,12 +207,21 @@ def _check_keys(
     unexpected = [key for name, (_, key) in tensors.items() if name not in expected]
     if unexpected:
         problems.append(f"unexpected keys: {_listing(unexpected)}")
+    not_float: dict[tuple[str, str], list[str]] = {}  # (file, dtype) -> keys
     for name, (file, key) in tensors.items():
-        shape = tuple(handles[file].get_slice(key).get_shape())
+        stored = handles[file].get_slice(key)
+        shape = tuple(stored.get_shape())
         if name in expected and shape != expected[name]:
             problems.append(f"{key} in {file.name} has shape {shape}, the config needs {expected[name]}")
+        if stored.get_dtype() not in WEIGHT_DTYPES:
+            not_float.setdefault((file.name, stored.get_dtype()), []).append(key)
+    for (file_name, stored_dtype), keys in not_float.items():
+        problems.append(
+            f"{_listing(keys)} in {file_name} stored as {stored_dtype}, not as floating-point weights "
+            f"({', '.join(WEIGHT_DTYPES)}); pgemma does not cast them"
+        )
     if problems:
-        raise ValueError(f"{path}: checkpoint does not match config.json:\n  " + "\n  ".join(problems))
+        raise ValueError(f"{path}: cannot load this checkpoint:\n  " + "\n  ".join(problems))
 
 
 @contextmanager
@@ -233,10 +258,11 @@ def _read(handle: Any, key: str, file: Path) -> torch.Tensor:
 
 
 def _stored_dtype(handle: Any, key: str, file: Path) -> torch.dtype:
+    """The dtype a float weight is stored in (``_check_keys`` refused the others), if pgemma computes in it."""
     stored = handle.get_slice(key).get_dtype()
-    if stored not in SAFETENSORS_DTYPES:
+    if WEIGHT_DTYPES[stored] not in COMPUTE_DTYPES:
         raise ValueError(f"{file}: {key} is stored as {stored}; pass dtype=torch.float32 (or bfloat16, float16)")
-    return SAFETENSORS_DTYPES[stored]
+    return WEIGHT_DTYPES[stored]
 
 
 def _listing(names: list[str], limit: int = 10) -> str:

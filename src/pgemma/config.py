@@ -8,6 +8,12 @@ Field names are the Hugging Face ``config.json`` keys, so a reader can hold the 
 (``checkpoint.load_model``) and the processor (``processor.load_processor``) are both built from
 what it returns, so they cannot read the file differently.
 
+Every config checks its own numbers when it is built, from a file or by hand: sizes are positive
+ints (``True`` is not an int here, although Python says so), epsilons and the RoPE base are finite
+positive numbers (JSON read by Python allows ``NaN`` and ``Infinity``, and ``nan <= 0`` is false, so
+"not positive" alone would let them through), and token ids lie inside the vocabulary. A wrong type
+is a TypeError, a number out of range a ValueError; ``load_config`` adds the file's name.
+
 Not supported (refused with a ValueError when read from ``config.json``): PaliGemma 2 (a Gemma 2
 decoder), a SigLIP pooling head, biases in the decoder's attention, RoPE scaling, and activations
 other than the tanh approximation of GELU.
@@ -16,6 +22,7 @@ other than the tanh approximation of GELU.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,6 +32,8 @@ CONFIG_NAME = "config.json"
 # here, the bottom of the package, because the processor writes it and the model's loss skips
 # it, and neither may import the other; the hub's config.json carries it too ("ignore_index").
 IGNORE_INDEX = -100
+# The fields of PaliGemmaConfig that are token ids: each must lie inside the vocabulary.
+TOKEN_ID_FIELDS = ("image_token_index", "pad_token_id", "eos_token_id", "bos_token_id")
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,8 @@ class SiglipVisionConfig:
     layer_norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        _check_positive(self, "vision_config")
+        _check_numbers(self, "vision_config")
+        _check_epsilon(self.layer_norm_eps, "vision_config.layer_norm_eps")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"vision_config: hidden_size ({self.hidden_size}) must be divisible by "
@@ -90,7 +100,8 @@ class GemmaConfig:
     rope_theta: float = 10000.0
 
     def __post_init__(self) -> None:
-        _check_positive(self, "text_config")
+        _check_numbers(self, "text_config")
+        _check_epsilon(self.rms_norm_eps, "text_config.rms_norm_eps")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"text_config: num_attention_heads ({self.num_attention_heads}) must be divisible by "
@@ -126,16 +137,26 @@ class PaliGemmaConfig:
     bos_token_id: int = 2
 
     def __post_init__(self) -> None:
+        for name, expected in (("vision_config", SiglipVisionConfig), ("text_config", GemmaConfig)):
+            if not isinstance(getattr(self, name), expected):
+                raise TypeError(f"{name} must be a {expected.__name__}, got {getattr(self, name)!r}")
+        _check_numbers(self, "")
         if self.projection_dim != self.text_config.hidden_size:
             raise ValueError(
                 f"projection_dim ({self.projection_dim}) must equal text_config.hidden_size "
                 f"({self.text_config.hidden_size}): projected patches are placed among text embeddings"
             )
         vocab = self.text_config.vocab_size
-        for name in ("image_token_index", "pad_token_id", "eos_token_id", "bos_token_id"):
+        for name in TOKEN_ID_FIELDS:
             value = getattr(self, name)
             if not 0 <= value < vocab:
                 raise ValueError(f"{name} ({value}) must be in [0, text_config.vocab_size={vocab})")
+        for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+            if getattr(self, name) == self.image_token_index:
+                raise ValueError(
+                    f"image_token_index and {name} are both {self.image_token_index}: the model would "
+                    "take that token for a place to put an image patch"
+                )
         if self.num_image_tokens >= self.text_config.max_position_embeddings:
             raise ValueError(
                 f"{self.num_image_tokens} image tokens leave no room for text in a context of "
@@ -183,7 +204,6 @@ class PaliGemmaConfig:
                 values[key] = config[key]
             elif key.endswith("_token_id") and text_json.get(key) is not None:
                 values[key] = text_json[key]
-        _check_types(values, {f.name: f.type for f in fields(cls) if f.name in values}, "config")
         result = cls(vision_config=vision, text_config=text, **values)
         # transformers overwrites a stated num_image_tokens with its own count; a file whose count
         # disagrees with its image and patch sizes is wrong somewhere, so we refuse it.
@@ -324,10 +344,14 @@ def _text_config_from_hf(text: dict[str, Any] | None) -> GemmaConfig:
         if rope.get("rope_type", rope.get("type", "default")) != "default":
             raise ValueError(f"text_config: only the default RoPE is supported, got {rope!r}")
         if "rope_theta" in rope:
+            stated = values.get("rope_theta")  # transformers < 5 reads this key, >= 5 rope_parameters
+            if stated is not None and stated != rope["rope_theta"]:  # nan in both differs too: refused
+                raise ValueError(
+                    f"text_config.rope_theta ({stated!r}) and text_config.rope_parameters.rope_theta "
+                    f"({rope['rope_theta']!r}) disagree"
+                )
             values["rope_theta"] = rope["rope_theta"]
-    values = {**_HF_GEMMA_CLASS_DEFAULTS, **values}
-    _check_types(values, {f.name: f.type for f in fields(GemmaConfig)}, "text_config")
-    return GemmaConfig(**values)
+    return GemmaConfig(**{**_HF_GEMMA_CLASS_DEFAULTS, **values})
 
 
 def _vision_config_from_hf(vision: dict[str, Any] | None) -> SiglipVisionConfig:
@@ -346,26 +370,31 @@ def _vision_config_from_hf(vision: dict[str, Any] | None) -> SiglipVisionConfig:
             "decoder and has no pooling head (a missing key means true in transformers)"
         )
     values = {key: vision[key] for key in _HF_SIGLIP_CLASS_DEFAULTS if vision.get(key) is not None}
-    values = {**_HF_SIGLIP_CLASS_DEFAULTS, **values}
-    _check_types(values, {f.name: f.type for f in fields(SiglipVisionConfig)}, "vision_config")
-    return SiglipVisionConfig(**values)
+    return SiglipVisionConfig(**{**_HF_SIGLIP_CLASS_DEFAULTS, **values})
 
 
-def _check_types(values: dict[str, Any], types: dict[str, str], where: str) -> None:
-    """JSON gives ints, floats, strings...: refuse anything that is not the number a field expects."""
-    for key, value in values.items():
-        expected = types[key]
-        ok = (
-            (isinstance(value, int) and not isinstance(value, bool))
-            if expected == "int"
-            else (isinstance(value, (int, float)) and not isinstance(value, bool))
-        )
-        if not ok:
-            raise TypeError(f"{where}.{key} must be {'an int' if expected == 'int' else 'a number'}, got {value!r}")
+def _check_numbers(config: SiglipVisionConfig | GemmaConfig | PaliGemmaConfig, where: str) -> None:
+    """Refuse any field that is not the number its annotation names, or is one out of range.
 
-
-def _check_positive(config: SiglipVisionConfig | GemmaConfig, where: str) -> None:
+    An ``int`` field takes an int that is not a bool, positive unless it is a token id (those are
+    checked against the vocabulary). A ``float`` field takes a finite positive int or float, not a bool.
+    """
+    prefix = f"{where}." if where else ""
     for f in fields(config):
-        value = getattr(config, f.name)
-        if value <= 0:
-            raise ValueError(f"{where}.{f.name} must be positive, got {value}")
+        name, value = prefix + f.name, getattr(config, f.name)
+        if f.type == "int":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+            if value < 1 and f.name not in TOKEN_ID_FIELDS:
+                raise ValueError(f"{name} must be positive, got {value}")
+        elif f.type == "float":
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+            if not (math.isfinite(value) and value > 0):  # written so that nan fails it
+                raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+
+
+def _check_epsilon(value: float, name: str) -> None:
+    """A normalization's epsilon keeps a division by a tiny variance finite; at 1 or more it is not small."""
+    if not value < 1:
+        raise ValueError(f"{name} must be a small positive number below 1 (e.g. 1e-6), got {value!r}")

@@ -32,6 +32,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from pgemma.config import PaliGemmaConfig
+from pgemma.devices import available_bytes
 from pgemma.kv_cache import KVCache
 from pgemma.paligemma import PaliGemmaForConditionalGeneration, PaliGemmaOutput
 from pgemma.processor import ImageInput, PaliGemmaProcessor, ProcessorBatch
@@ -87,6 +89,8 @@ class Sampling:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if self.seed is not None and not _is_int(self.seed):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:  # what torch.Generator takes
+            raise ValueError(f"seed must be in [-2**63, 2**64), got {self.seed}")
 
     @classmethod
     def greedy(cls) -> Sampling:
@@ -225,7 +229,10 @@ def generate_tokens(
     generator = make_generator(sampling.seed, device) if sampling.do_sample else None
     # 1, 2, 3, ... from each row's first real token (padding, on the left, gets 1 and is never seen).
     position_ids = attention_mask.cumsum(dim=-1).clamp(min=1)  # (B, T)
-    cache = KVCache.empty(config.text_config, batch_size, total, weight.dtype, device) if use_cache else None
+    cache = None
+    if use_cache:  # room for every token this call can write, and no more; refused before allocating
+        _check_cache_fits(config, batch_size, prompt_length, max_new_tokens, weight.dtype, device)
+        cache = KVCache.empty(config.text_config, batch_size, total, weight.dtype, device)
     # Every token written from here on is real: the attention mask of step i is the first
     # prompt_length + i + 1 columns of this one, a view rather than a new tensor per step.
     full_attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch_size, max_new_tokens)], dim=-1)
@@ -256,6 +263,31 @@ def generate_tokens(
             token_type_ids = torch.cat([token_type_ids, suffix_type], dim=-1)
             position_ids = torch.cat([position_ids, next_position], dim=-1)
             output = _forward(model, input_ids, pixel_values, attention_mask, token_type_ids, position_ids, None)
+
+
+def _check_cache_fits(
+    config: PaliGemmaConfig,
+    batch_size: int,
+    prompt_length: int,
+    max_new_tokens: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> None:
+    """Refuse a KV cache larger than the memory left on ``device``, naming both sizes.
+
+    A context of a million tokens is a valid config, but a cache for it may need more memory than
+    the machine has; asked for it, the allocator fails deep inside torch, or the operating system
+    ends the process.
+    """
+    needed = KVCache.bytes_needed(config.text_config, batch_size, prompt_length + max_new_tokens, dtype)
+    available = available_bytes(device)
+    if available is not None and needed > available:
+        raise ValueError(
+            f"the KV cache for {batch_size} row(s) of {prompt_length} prompt tokens + max_new_tokens="
+            f"{max_new_tokens} needs {needed:,} bytes ({needed / 2**30:.1f} GiB) but {device} has "
+            f"{available:,} bytes ({available / 2**30:.1f} GiB) available; lower max_new_tokens "
+            "(or the number of prompts, or use a smaller dtype)"
+        )
 
 
 class TextStreamer:

@@ -37,7 +37,13 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> KVCache:
-        """Allocate room for ``max_length`` tokens (prompt + generated) in every decoder layer."""
+        """Allocate room for ``max_length`` tokens (prompt + generated) in every decoder layer.
+
+        Raises MemoryError, naming the bytes asked for, if the device cannot hold the buffers.
+        """
+        for name, value in (("batch_size", batch_size), ("max_length", max_length)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         if max_length > config.max_position_embeddings:
             raise ValueError(
                 f"max_length ({max_length}) exceeds the context of "
@@ -45,10 +51,26 @@ class KVCache:
             )
         shape = (batch_size, config.num_key_value_heads, max_length, config.head_dim)  # (B, K, S_max, H)
         layers = range(config.num_hidden_layers)
-        return cls(
-            keys=tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in layers),
-            values=tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in layers),
-        )
+        try:
+            return cls(
+                keys=tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in layers),
+                values=tuple(torch.zeros(shape, dtype=dtype, device=device) for _ in layers),
+            )
+        except (RuntimeError, MemoryError) as error:  # torch's out-of-memory errors are RuntimeErrors
+            needed = cls.bytes_needed(config, batch_size, max_length, dtype)
+            raise MemoryError(
+                f"cannot allocate a KV cache of {needed:,} bytes ({needed / 2**30:.1f} GiB) on {device} for "
+                f"{batch_size} rows of {max_length} tokens; lower max_length or batch_size ({error})"
+            ) from error
+
+    @staticmethod
+    def bytes_needed(config: GemmaConfig, batch_size: int, max_length: int, dtype: torch.dtype = torch.float32) -> int:
+        """Bytes ``empty`` allocates: keys and values, each float[B, K, S_max, H], in every layer.
+
+        2 (keys and values) * layers * B * K * S_max * H * bytes per number.
+        """
+        per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * dtype.itemsize
+        return per_token * batch_size * max_length
 
     @property
     def batch_size(self) -> int:

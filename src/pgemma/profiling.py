@@ -11,8 +11,8 @@ each float[B, K, S, H], so
 
     bytes = 2 (keys and values) * layers * B * K * S * H * bytes per number
 
-``kv_cache_bytes`` is that formula; the tests check it against the buffers ``KVCache.empty``
-allocates.
+``kv_cache_bytes`` is that formula (``KVCache.bytes_needed``, which generation also uses to refuse
+a cache that cannot fit); the tests check it against the buffers ``KVCache.empty`` allocates.
 """
 
 from __future__ import annotations
@@ -158,9 +158,7 @@ def kv_cache_bytes(
         raise TypeError(f"config must be a GemmaConfig or PaliGemmaConfig, got {type(config).__name__}")
     if batch < 1 or length < 0:
         raise ValueError(f"need batch >= 1 and length >= 0, got batch={batch}, length={length}")
-    element = torch.empty((), dtype=dtype).element_size()
-    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * element
-    return per_token * batch * length
+    return KVCache.bytes_needed(config, batch, length, dtype)
 
 
 def allocated_bytes(cache: KVCache) -> int:

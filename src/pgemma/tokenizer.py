@@ -243,6 +243,12 @@ class PaliGemmaTokenizer:
         """
         if not isinstance(text, str):
             raise TypeError(f"encode expects a str, got {type(text).__name__}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:  # a lone surrogate: Python's stand-in for an undecodable byte
+            raise ValueError(
+                f"text {text[:40]!r} is not valid Unicode ({error.reason} at position {error.start})"
+            ) from None
         return self._backend.encode(text)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
