@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -62,11 +62,11 @@ def atomic_write(path: Path, write: Callable[[Path], None], keep_previous: bool 
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _file_mode())
     os.close(fd)
     tmp = Path(name)
     try:
-        write(tmp)
-        os.chmod(tmp, _file_mode())  # after `write`: safetensors' save_file makes its files 0o600 too
+        write(tmp)  # into the file as it is: its permissions stay
         with open(tmp, "rb") as file:
             os.fsync(file.fileno())
         if keep_previous and path.exists():
@@ -115,7 +115,8 @@ def save_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, 
     tensors["rng.torch"] = torch.get_rng_state()
     metadata = {"step": str(step), "param_groups": json.dumps(opt_state["param_groups"]), "info": json.dumps(info)}
     metadata["sha256"] = _digest(tensors, metadata)
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), keep_previous=True)
+    data = save(tensors, metadata)  # in memory: save_file would leave temporary files of its own if killed
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), keep_previous=True)
 
 
 def _listed(keys: list[str], most: int = 4) -> str:
@@ -136,7 +137,7 @@ def _check_state(
     if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
         raise ValueError("its optimizer state is for another set of parameters")
     for index in sorted({int(key.split(".")[1]) for key in tensors if key.startswith("optim.")}):
-        if index >= len(params):
+        if not 0 <= index < len(params):
             raise ValueError(f"it has optimizer state for parameter {index}, the model has {len(params)}")
         for name in ADAMW_STATE:
             like = torch.zeros(()) if name == "step" else params[index]  # step: a float32 scalar
