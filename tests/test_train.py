@@ -1,19 +1,31 @@
 """Tests for pgemma.train: the recipe, the data of a step, the loop and its checkpoints, both stages,
 evaluation and the command line."""
 
+import os
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from pgemma.processor import PaliGemmaProcessor
 from pgemma.train import loop
 from pgemma.train.__main__ import main
 from pgemma.train.data import forward, patch_labels, process, training_examples
 from pgemma.train.evaluation import evaluate
-from pgemma.train.loop import load_state, lr_at, make_optimizer, save_state, train_loop
+from pgemma.train.loop import (
+    DamagedCheckpointError,
+    load_state,
+    lr_at,
+    make_optimizer,
+    previous_checkpoint,
+    save_state,
+    train_loop,
+)
 from pgemma.train.recipe import Recipe, StageConfig, build_model, build_tokenizer, init_loc_embeddings
 from pgemma.train.stage0 import TowerPretrainer
 from pgemma.world import WorldConfig, example
@@ -53,6 +65,7 @@ def test_first_loss_is_near_uniform(tokenizer):
     assert abs(loss.item() - torch.log(torch.tensor(float(tokenizer.vocab_size)))) < 1.0
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_loss(tokenizer, tmp_path):
     model = fresh_model(tokenizer)
     cfg = StageConfig(steps=60, batch_size=8, lr=3e-3, warmup=5, checkpoint_every=1000)
@@ -99,6 +112,15 @@ def test_resuming_continues_exactly_like_an_uninterrupted_run(tokenizer, tmp_pat
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
+    path = tmp_path / "straight.safetensors"  # saved at steps 5, 10 and 12
+    os.replace(previous_checkpoint(path), path)  # back to step 10, as a damaged checkpoint's message says
+    from_previous = fresh_model(tokenizer)
+    train_loop(
+        "again", from_previous, prefix_lm_loss(from_previous, processor_of(from_previous, tokenizer), cfg), cfg, path
+    )
+    for (name, a), b in zip(straight.state_dict().items(), from_previous.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
 
 def test_a_crash_while_saving_leaves_the_previous_checkpoint(tokenizer, tmp_path, monkeypatch):
     model = fresh_model(tokenizer)
@@ -107,14 +129,14 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint(tokenizer, tmp_path
     save_state(path, model, optimizer, 10, {"curve": []})
     saved = {k: v.clone() for k, v in model.state_dict().items()}
 
-    def write_half_then_die(tensors, filename, metadata):
-        with open(filename, "wb") as file:
-            file.write(b"\x00" * 1000)  # a torn write
+    def write_half_then_die(file, data):
+        with open(file, "wb") as handle:
+            handle.write(data[:1000])  # a torn write
         raise OSError("disk full")
 
     with torch.no_grad():
         next(model.parameters()).add_(1.0)
-    monkeypatch.setattr(loop, "save_file", write_half_then_die)
+    monkeypatch.setattr(Path, "write_bytes", write_half_then_die)
     with pytest.raises(OSError, match="disk full"):
         save_state(path, model, optimizer, 20, {"curve": []})
     assert [p.name for p in tmp_path.iterdir()] == [path.name], "no temporary file is left behind"
@@ -124,6 +146,118 @@ def test_a_crash_while_saving_leaves_the_previous_checkpoint(tokenizer, tmp_path
     assert step == 10 and info == {"curve": []}
     for name, value in restored.state_dict().items():
         torch.testing.assert_close(value, saved[name], rtol=0, atol=0, msg=name)
+
+
+def trained_state(tokenizer, path, steps=(10,)):
+    """A model, its optimizer after a few real steps (so AdamW has moments), saved at each of `steps`."""
+    model = fresh_model(tokenizer)
+    optimizer = make_optimizer(model, RECIPE.stage1)
+    loss_fn = prefix_lm_loss(model, processor_of(model, tokenizer), RECIPE.stage1)
+    for step in steps:
+        optimizer.zero_grad()
+        loss_fn(step).backward()
+        optimizer.step()
+        save_state(path, model, optimizer, step, {"curve": [step]})
+    return model, optimizer
+
+
+def rewrite(path, change):
+    """Write the checkpoint at `path` again with `change(tensors)` applied, metadata as it was."""
+    with safe_open(str(path), framework="pt") as file:
+        tensors, metadata = {key: file.get_tensor(key) for key in file.keys()}, file.metadata()
+    change(tensors)
+    save_file(tensors, path, metadata=metadata)
+
+
+def overwrite(path, offset, data):
+    with open(path, "r+b") as file:
+        file.seek(offset if offset >= 0 else os.path.getsize(path) + offset)
+        file.write(data)
+
+
+DAMAGES = {
+    "truncated": lambda p: os.truncate(p, os.path.getsize(p) // 2),
+    "empty": lambda p: os.truncate(p, 0),
+    "garbage": lambda p: p.write_bytes(bytes(range(256)) * 64),
+    "wrong header size": lambda p: overwrite(p, 0, (10**12).to_bytes(8, "little")),
+    "header not JSON": lambda p: overwrite(p, 8, b"#"),
+    "bytes overwritten in a tensor": lambda p: overwrite(p, -2000, b"\x7f" * 64),
+    "missing weight": lambda p: rewrite(p, lambda t: t.pop(next(k for k in t if k.startswith("model.")))),
+    "missing AdamW moment": lambda p: rewrite(p, lambda t: t.pop("optim.3.exp_avg_sq")),
+    "missing RNG state": lambda p: rewrite(p, lambda t: t.pop("rng.torch")),
+    "weight of the wrong shape": lambda p: rewrite(p, lambda t: t.update({k: t[k][:-1] for k in list(t)[:1]})),
+    "moment of the wrong shape": lambda p: rewrite(p, lambda t: t.update({"optim.0.exp_avg": torch.zeros(3)})),
+    "no training metadata": lambda p: save_file({"model.x": torch.zeros(2)}, p, metadata={"format": "pt"}),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES.values(), ids=DAMAGES.keys())
+def test_a_damaged_checkpoint_is_refused_naming_the_file_and_what_to_do(tokenizer, tmp_path, damage):
+    path = tmp_path / "stage1.safetensors"
+    trained_state(tokenizer, path)
+    damage(path)
+    model = fresh_model(tokenizer)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(DamagedCheckpointError) as error:
+        load_state(path, model, make_optimizer(model, RECIPE.stage1))
+    assert str(path) in str(error.value) and f"delete {path}" in str(error.value)
+    for name, value in model.state_dict().items():  # refused before anything was loaded
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0, msg=name)
+
+
+def test_each_save_keeps_the_checkpoint_before_it(tokenizer, tmp_path):
+    path = tmp_path / "stage1.safetensors"
+    trained_state(tokenizer, path, steps=(10, 20))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage1.safetensors", "stage1.safetensors.prev"]
+
+    os.truncate(path, 100)
+    model = fresh_model(tokenizer)
+    with pytest.raises(
+        DamagedCheckpointError, match="step 10.* renaming stage1.safetensors.prev to stage1.safetensors"
+    ):
+        load_state(path, model, make_optimizer(model, RECIPE.stage1))
+    os.replace(previous_checkpoint(path), path)
+    assert load_state(path, model, make_optimizer(model, RECIPE.stage1)) == (10, {"curve": [10]})
+
+
+def test_the_message_says_when_the_previous_checkpoint_is_damaged_too(tokenizer, tmp_path):
+    path = tmp_path / "state.safetensors"
+    trained_state(tokenizer, path, steps=(10, 20))
+    os.truncate(path, 100)
+    os.truncate(previous_checkpoint(path), 100)
+    model = fresh_model(tokenizer)
+    with pytest.raises(
+        DamagedCheckpointError, match="state.safetensors.prev, the checkpoint saved before it, is damaged"
+    ):
+        load_state(path, model, make_optimizer(model, RECIPE.stage1))
+
+
+def test_a_crash_while_keeping_the_previous_checkpoint_changes_nothing(tokenizer, tmp_path, monkeypatch):
+    path = tmp_path / "state.safetensors"
+    model, optimizer = trained_state(tokenizer, path, steps=(10, 20))
+    saved = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def copy_half_then_die(source, destination):
+        Path(destination).write_bytes(Path(source).read_bytes()[:1000])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(loop.shutil, "copyfile", copy_half_then_die)
+    with pytest.raises(OSError, match="disk full"):
+        save_state(path, model, optimizer, 30, {"curve": []})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == saved, "no temporary file, both checkpoints whole"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_checkpoints_get_the_permissions_of_any_new_file(tokenizer, tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        path = tmp_path / "state.safetensors"
+        trained_state(tokenizer, path, steps=(10, 20))
+        (tmp_path / "plain").write_text("")
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["plain", "state.safetensors", "state.safetensors.prev"], 0o666 & ~umask)
 
 
 def test_learning_rate_warms_up_then_decays():
@@ -181,6 +315,7 @@ def test_evaluate_reports_every_task(tokenizer):
     assert all(0.0 <= v <= 1.0 for v in scores.values())
 
 
+@pytest.mark.slow
 def test_the_command_line_trains_exports_and_resumes(tmp_path, capsys):
     main(["--recipe", "tiny", "--out", str(tmp_path), "--eval-scenes", "8"])
     printed = capsys.readouterr().out
@@ -189,6 +324,13 @@ def test_the_command_line_trains_exports_and_resumes(tmp_path, capsys):
     model_folder = tmp_path / "model"
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in model_folder.iterdir()}
     written = (model_folder / "model.safetensors").read_bytes()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir() if p.is_file()} == dict.fromkeys(
+        [".lock", "recipe.json", "curves.json", "stage0.safetensors", "stage0.safetensors.prev"]
+        + ["stage1.safetensors", "stage1.safetensors.prev"],
+        0o666 & ~umask,
+    )
     main(["--recipe", "tiny", "--out", str(tmp_path), "--eval-scenes", "8"])  # resumes: nothing left to train
     assert (model_folder / "model.safetensors").read_bytes() == written
 

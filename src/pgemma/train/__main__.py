@@ -5,8 +5,10 @@ Book chapter: "Assembling PaliGemma".
     python -m pgemma.train --out runs/shapes                # Recipe.shipped(): about 35 min on 2 CPU cores
     python -m pgemma.train --out runs/tiny --recipe tiny    # Recipe.tiny(), for tests
 
-Run the same command again to resume a stopped run. The run folder gets the stages' checkpoints,
-recipe.json, curves.json (every evaluation) and model/, a checkpoint folder in the hub layout.
+Run the same command again to resume a stopped run. The run folder gets the stages' checkpoints
+(each with the one saved before it, ``.prev``), recipe.json, curves.json (every evaluation) and
+model/, a checkpoint folder in the hub layout. One trainer at a time, on one recipe: a folder in
+use, holding another recipe, or holding other files is refused (`pgemma.train.folder`).
 """
 
 import argparse
@@ -21,34 +23,40 @@ from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from pgemma.processor import PaliGemmaProcessor
 from pgemma.tokenizer import PaliGemmaTokenizer
 from pgemma.train.evaluation import evaluate
+from pgemma.train.folder import CURVES_FILE, STAGE_FILES, RunFolderError, open_run_folder
+from pgemma.train.loop import DamagedCheckpointError, atomic_write
 from pgemma.train.recipe import Recipe, build_model, build_tokenizer, init_loc_embeddings
 from pgemma.train.stage0 import pretrain_vision
 from pgemma.train.stage1 import train_prefix_lm
 
 
 def run(recipe: Recipe, out: Path, eval_scenes: int = 300, curve_scenes: int = 100) -> dict[str, float]:
-    """Both stages, resumable from `out`; writes curves.json there and returns the final evaluation."""
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(recipe.stage0.seed)
-    tokenizer = build_tokenizer(recipe.world, recipe.model.vocab_size)
-    model = build_model(recipe.model, recipe.world, tokenizer)
-    processor = PaliGemmaProcessor.from_config(model.config, tokenizer)
-    if recipe.smooth_loc_init:
-        init_loc_embeddings(model, tokenizer)
-    (out / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2))
-    curves = {}
-    if recipe.stage0.steps:
-        curves["stage0"] = pretrain_vision(model, processor, recipe, out / "stage0.safetensors")
-    curves["stage1"] = train_prefix_lm(
-        model,
-        processor,
-        recipe,
-        out / "stage1.safetensors",
-        on_eval=lambda: evaluate(model, processor, recipe.world, curve_scenes, generate_boxes=False),
-    )
-    final = evaluate(model, processor, recipe.world, eval_scenes)
-    export(model, tokenizer, out / "model")
-    (out / "curves.json").write_text(json.dumps({"recipe": asdict(recipe), **curves, "final": final}, indent=2))
+    """Both stages, resumable from `out`; writes curves.json there and returns the final evaluation.
+
+    Raises RunFolderError if `out` cannot hold this run, DamagedCheckpointError if a checkpoint
+    in it cannot be resumed from.
+    """
+    with open_run_folder(out, recipe):
+        torch.manual_seed(recipe.stage0.seed)
+        tokenizer = build_tokenizer(recipe.world, recipe.model.vocab_size)
+        model = build_model(recipe.model, recipe.world, tokenizer)
+        processor = PaliGemmaProcessor.from_config(model.config, tokenizer)
+        if recipe.smooth_loc_init:
+            init_loc_embeddings(model, tokenizer)
+        curves = {}
+        if recipe.stage0.steps:
+            curves["stage0"] = pretrain_vision(model, processor, recipe, out / STAGE_FILES[0])
+        curves["stage1"] = train_prefix_lm(
+            model,
+            processor,
+            recipe,
+            out / STAGE_FILES[1],
+            on_eval=lambda: evaluate(model, processor, recipe.world, curve_scenes, generate_boxes=False),
+        )
+        final = evaluate(model, processor, recipe.world, eval_scenes)
+        export(model, tokenizer, out / "model")
+        text = json.dumps({"recipe": asdict(recipe), **curves, "final": final}, indent=2)
+        atomic_write(out / CURVES_FILE, lambda tmp: tmp.write_text(text))
     return final
 
 
@@ -70,7 +78,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = Recipe.shipped() if args.recipe == "shipped" else Recipe.tiny()
-    final = run(recipe, args.out, args.eval_scenes)
+    try:
+        final = run(recipe, args.out, args.eval_scenes)
+    except (RunFolderError, DamagedCheckpointError) as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
     print(f"held-out scenes: {args.eval_scenes}")
     for name, value in final.items():
         print(f"  {name:14s} {value:.3f}")

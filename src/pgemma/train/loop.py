@@ -3,45 +3,109 @@
 Book chapter: "Assembling PaliGemma". Training state (weights, AdamW moments, step, RNG) is one
 safetensors file with its settings as JSON metadata, replaced atomically, so a run can be stopped
 at any moment and resumed: the resumed run ends with the same weights, to the bit, as one that
-was never stopped.
+was never stopped. Each save keeps the checkpoint before it beside it (``NAME.prev``), and a
+checkpoint that cannot be resumed from (truncated, overwritten, written for another model) is
+refused with a message naming the file and what to do.
 """
 
+import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
 from torch import nn
 from tqdm.auto import tqdm
 
 from pgemma.train.recipe import StageConfig
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints
+# Files that are always whole
 
 
-def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    """Write a safetensors file so that `path` always holds a whole file, the old one or the new."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def _umask() -> int:
+    """The process's umask, read without changing it where the system shows it (Linux)."""
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    for line in status.splitlines():
+        if line.startswith("Umask:"):
+            return int(line.split()[1], 8)
+    umask = os.umask(0o022)  # elsewhere the only way to read it is to set it, and put it back
+    os.umask(umask)
+    return umask
+
+
+def _file_mode() -> int:
+    """The permissions `open` gives a new file (0o666 less the umask); mkstemp's own are 0o600."""
+    return 0o666 & ~_umask()
+
+
+def previous_checkpoint(path: Path) -> Path:
+    """Where `save_state` keeps the checkpoint that `path` held before its last save."""
+    return path.with_name(path.name + ".prev")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], keep_previous: bool = False) -> None:
+    """Have `write` fill a temporary file, then put it at `path`: `path` holds the old file or the new.
+
+    With `keep_previous`, the old file is first copied (atomically too) to `previous_checkpoint(path)`.
+    The temporary file is ``NAME.XXXXXXXX.tmp`` beside `path`: a kill can leave one, which the
+    next run removes (`pgemma.train.folder`).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _file_mode())
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)  # into the file as it is: its permissions stay
         with open(tmp, "rb") as file:
             os.fsync(file.fileno())
+        if keep_previous and path.exists():
+            atomic_write(previous_checkpoint(path), lambda copy: shutil.copyfile(path, copy))
         os.replace(tmp, path)  # atomic on POSIX: a reader sees the old file or the new one
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+ADAMW_STATE = ("step", "exp_avg", "exp_avg_sq")  # what torch's AdamW keeps per parameter
+CHECKED_METADATA = ("step", "param_groups", "info")  # with the tensors, under the checksum
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint that training cannot resume from; the message names the file and what to do."""
+
+
+def _digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 of the step, settings and every tensor's name, dtype, shape and bytes.
+
+    safetensors keeps no checksum: without one, bytes overwritten inside the file would load.
+    """
+    digest = hashlib.sha256(json.dumps({k: metadata[k] for k in CHECKED_METADATA}, sort_keys=True).encode())
+    for key in sorted(tensors):
+        value = tensors[key]
+        digest.update(f"{key} {value.dtype} {tuple(value.shape)}".encode())
+        digest.update(value.contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def save_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, step: int, info: dict) -> None:
-    """Weights, AdamW moments, step and RNG in one safetensors file (no pickle), `info` as JSON."""
+    """Weights, AdamW moments, step and RNG in one safetensors file (no pickle), `info` as JSON.
+
+    The checkpoint `path` held until now is kept as `previous_checkpoint(path)`.
+    """
     # clone: tied weights share storage, which safetensors refuses to write
     tensors = {f"model.{k}": v.detach().clone() for k, v in module.state_dict().items()}
     opt_state = optimizer.state_dict()
@@ -50,14 +114,84 @@ def save_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, 
             tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).clone()
     tensors["rng.torch"] = torch.get_rng_state()
     metadata = {"step": str(step), "param_groups": json.dumps(opt_state["param_groups"]), "info": json.dumps(info)}
-    _atomic_save(tensors, metadata, path)
+    metadata["sha256"] = _digest(tensors, metadata)
+    data = save(tensors, metadata)  # in memory: save_file would leave temporary files of its own if killed
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), keep_previous=True)
+
+
+def _listed(keys: list[str], most: int = 4) -> str:
+    return ", ".join(keys[:most]) + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
+def _check_state(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str], module: nn.Module, optimizer: torch.optim.Optimizer
+) -> None:
+    """Raise ValueError naming the first way the file differs from what `save_state` writes for these."""
+    missing = [key for key in CHECKED_METADATA if key not in metadata]
+    if missing:
+        raise ValueError(f"its metadata lacks {_listed(missing)}: it is not a training checkpoint")
+    expected = {f"model.{k}": v for k, v in module.state_dict().items()}
+    expected["rng.torch"] = torch.get_rng_state()
+    params = [p for group in optimizer.param_groups for p in group["params"]]  # optim.{index} order
+    groups = json.loads(metadata["param_groups"])
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+        raise ValueError("its optimizer state is for another set of parameters")
+    for index in sorted({int(key.split(".")[1]) for key in tensors if key.startswith("optim.")}):
+        if not 0 <= index < len(params):
+            raise ValueError(f"it has optimizer state for parameter {index}, the model has {len(params)}")
+        for name in ADAMW_STATE:
+            like = torch.zeros(()) if name == "step" else params[index]  # step: a float32 scalar
+            expected[f"optim.{index}.{name}"] = like
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing:
+        raise ValueError(f"tensors are missing: {_listed(missing)}")
+    if unexpected:
+        raise ValueError(f"it has tensors this model does not: {_listed(unexpected)}")
+    for key, value in tensors.items():
+        if (value.dtype, value.shape) != (expected[key].dtype, expected[key].shape):
+            raise ValueError(
+                f"{key} is {value.dtype} {tuple(value.shape)}, "
+                f"this model needs {expected[key].dtype} {tuple(expected[key].shape)}"
+            )
+    if "sha256" in metadata and _digest(tensors, metadata) != metadata["sha256"]:
+        raise ValueError("its bytes changed after it was written (the checksum in its metadata differs)")
+
+
+def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(path), framework="pt") as file:
+        return {key: file.get_tensor(key) for key in file.keys()}, file.metadata() or {}
+
+
+def _damaged(path: Path, reason: str) -> DamagedCheckpointError:
+    """The error for a checkpoint that cannot be resumed from, with the ways to go on."""
+    fixes = f"delete {path} to train this stage again from its first step"
+    previous = previous_checkpoint(path)
+    if previous.exists():
+        try:
+            with safe_open(str(previous), framework="pt") as file:
+                step = (file.metadata() or {})["step"]
+            fixes += (
+                f", or put back the checkpoint saved before it (step {step}) by renaming {previous.name} to {path.name}"
+            )
+        except (SafetensorError, KeyError):
+            fixes += f" ({previous.name}, the checkpoint saved before it, is damaged too)"
+    return DamagedCheckpointError(f"cannot resume from {path}: {reason}. To go on, {fixes}")
 
 
 def load_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
-    """Restore what `save_state` wrote into `module` and `optimizer`; returns (step, info)."""
-    with safe_open(str(path), framework="pt") as file:
-        metadata = file.metadata()
-        tensors = {key: file.get_tensor(key) for key in file.keys()}
+    """Restore what `save_state` wrote into `module` and `optimizer`; returns (step, info).
+
+    Raises DamagedCheckpointError, before changing anything, if the file is not such a checkpoint
+    or not one for this model (truncated, overwritten, written for another recipe).
+    """
+    try:
+        tensors, metadata = _read_state(path)
+        _check_state(tensors, metadata, module, optimizer)
+        step, info = int(metadata["step"]), json.loads(metadata["info"])
+    except SafetensorError as error:
+        raise _damaged(path, f"it is not a valid safetensors file ({error})") from error
+    except (ValueError, LookupError, TypeError) as error:  # json's too, and settings of the wrong structure
+        raise _damaged(path, str(error)) from error
     module.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -66,7 +200,7 @@ def load_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer) 
             state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
     torch.set_rng_state(tensors["rng.torch"])
-    return int(metadata["step"]), json.loads(metadata["info"])
+    return step, info
 
 
 # ----------------------------------------------------------------------------------------------
