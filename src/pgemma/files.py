@@ -1,6 +1,6 @@
 """Writing a file whole: a reader sees the old file or the new one, never half of one.
 
-Used by ``checkpoint.save_pretrained`` (book chapter "Assembling PaliGemma").
+Used by ``checkpoint.save_pretrained`` and the trainer (book chapter "Assembling PaliGemma").
 
 The new contents go to a temporary file in the same folder, which then replaces the target in one
 step (``os.replace`` is atomic on POSIX). A temporary file is created readable by its owner only
@@ -11,10 +11,15 @@ user gets, 0o666 without the bits of the umask (0o644 under the usual umask 0o02
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+# The temporary file of ``atomic_write(folder / NAME)``: ``NAME.XXXXXXXX.tmp`` beside it (mkstemp puts
+# 8 characters of [a-z0-9_] between prefix and suffix). A kill can leave one behind.
+TEMPORARY_FILE = re.compile(r"(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
 
 
 @contextmanager
@@ -28,7 +33,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, name = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
     temporary = Path(name)
     try:
@@ -44,8 +49,16 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
 def current_umask() -> int:
     """The process's umask: the permission bits new files do not get.
 
-    POSIX can only read it by setting it, so it is set and at once set back.
+    Read from /proc/self/status where the system shows it (Linux); elsewhere POSIX can only read it
+    by setting it, so it is set and at once set back.
     """
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    for line in status.splitlines():
+        if line.startswith("Umask:"):
+            return int(line.split()[1], 8)
     umask = os.umask(0o022)
     os.umask(umask)
     return umask

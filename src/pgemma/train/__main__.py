@@ -19,12 +19,13 @@ from pathlib import Path
 import torch
 
 from pgemma.checkpoint import save_pretrained
+from pgemma.files import atomic_write
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from pgemma.processor import PaliGemmaProcessor
 from pgemma.tokenizer import PaliGemmaTokenizer
 from pgemma.train.evaluation import evaluate
 from pgemma.train.folder import CURVES_FILE, STAGE_FILES, RunFolderError, open_run_folder
-from pgemma.train.loop import DamagedCheckpointError, atomic_write
+from pgemma.train.loop import DamagedCheckpointError
 from pgemma.train.recipe import Recipe, build_model, build_tokenizer, init_loc_embeddings
 from pgemma.train.stage0 import pretrain_vision
 from pgemma.train.stage1 import train_prefix_lm
@@ -56,7 +57,8 @@ def run(recipe: Recipe, out: Path, eval_scenes: int = 300, curve_scenes: int = 1
         final = evaluate(model, processor, recipe.world, eval_scenes)
         export(model, tokenizer, out / "model")
         text = json.dumps({"recipe": asdict(recipe), **curves, "final": final}, indent=2)
-        atomic_write(out / CURVES_FILE, lambda tmp: tmp.write_text(text))
+        with atomic_write(out / CURVES_FILE) as temporary:
+            temporary.write_text(text)
     return final
 
 

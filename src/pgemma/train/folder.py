@@ -13,8 +13,8 @@ curves.json and model/. `open_run_folder` is the way in:
   refused and left as it was: another recipe (the message names each field that differs, with
   both values), a recipe.json that is not a JSON object, or, without recipe.json, any file but
   those a run leaves before it writes its recipe (the lock, temporary files);
-- it removes the temporary files of saves a kill interrupted (`loop.atomic_write` names them
-  ``NAME.XXXXXXXX.tmp``), once it holds the lock: a running trainer's are never touched.
+- it removes the temporary files of saves a kill interrupted (`pgemma.files.atomic_write` names
+  them ``NAME.XXXXXXXX.tmp``), once it holds the lock: a running trainer's are never touched.
 
 The lock needs ``fcntl``: Linux and macOS.
 """
@@ -22,14 +22,13 @@ The lock needs ``fcntl``: Linux and macOS.
 import fcntl
 import json
 import os
-import re
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from pgemma.train.loop import atomic_write
+from pgemma.files import TEMPORARY_FILE, atomic_write
 from pgemma.train.recipe import Recipe
 
 LOCK_FILE = ".lock"
@@ -37,8 +36,6 @@ RECIPE_FILE = "recipe.json"
 CURVES_FILE = "curves.json"
 STAGE_FILES = ("stage0.safetensors", "stage1.safetensors")  # the stages' checkpoints
 WRITTEN = {RECIPE_FILE, CURVES_FILE, *STAGE_FILES, *(name + ".prev" for name in STAGE_FILES)}
-# tempfile.mkstemp(prefix=NAME + ".", suffix=".tmp") puts 8 characters of [a-z0-9_] between the two
-TEMPORARY = re.compile(r"(?P<name>.+)\.[a-z0-9_]{8}\.tmp")
 
 
 class RunFolderError(RuntimeError):
@@ -47,7 +44,7 @@ class RunFolderError(RuntimeError):
 
 def is_temporary(name: str) -> bool:
     """Whether `name` is a temporary file `atomic_write` made for a file of a run."""
-    match = TEMPORARY.fullmatch(name)
+    match = TEMPORARY_FILE.fullmatch(name)
     return match is not None and match["name"] in WRITTEN
 
 
@@ -149,5 +146,6 @@ def open_run_folder(folder: Path, recipe: Recipe) -> Iterator[None]:
         check_run_folder(folder, recipe)  # again: another trainer may have begun a run in between
         remove_temporary_files(folder)
         if not (folder / RECIPE_FILE).exists():
-            atomic_write(folder / RECIPE_FILE, lambda tmp: tmp.write_text(json.dumps(asdict(recipe), indent=2)))
+            with atomic_write(folder / RECIPE_FILE) as temporary:
+                temporary.write_text(json.dumps(asdict(recipe), indent=2))
         yield

@@ -11,9 +11,7 @@ refused with a message naming the file and what to do.
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,62 +21,17 @@ from safetensors.torch import save
 from torch import nn
 from tqdm.auto import tqdm
 
+from pgemma.files import atomic_write
 from pgemma.train.recipe import StageConfig
 
 # ----------------------------------------------------------------------------------------------
-# Files that are always whole
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it where the system shows it (Linux)."""
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError:
-        status = ""
-    for line in status.splitlines():
-        if line.startswith("Umask:"):
-            return int(line.split()[1], 8)
-    umask = os.umask(0o022)  # elsewhere the only way to read it is to set it, and put it back
-    os.umask(umask)
-    return umask
-
-
-def _file_mode() -> int:
-    """The permissions `open` gives a new file (0o666 less the umask); mkstemp's own are 0o600."""
-    return 0o666 & ~_umask()
+# Checkpoints
 
 
 def previous_checkpoint(path: Path) -> Path:
     """Where `save_state` keeps the checkpoint that `path` held before its last save."""
     return path.with_name(path.name + ".prev")
 
-
-def atomic_write(path: Path, write: Callable[[Path], None], keep_previous: bool = False) -> None:
-    """Have `write` fill a temporary file, then put it at `path`: `path` holds the old file or the new.
-
-    With `keep_previous`, the old file is first copied (atomically too) to `previous_checkpoint(path)`.
-    The temporary file is ``NAME.XXXXXXXX.tmp`` beside `path`: a kill can leave one, which the
-    next run removes (`pgemma.train.folder`).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, _file_mode())
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)  # into the file as it is: its permissions stay
-        with open(tmp, "rb") as file:
-            os.fsync(file.fileno())
-        if keep_previous and path.exists():
-            atomic_write(previous_checkpoint(path), lambda copy: shutil.copyfile(path, copy))
-        os.replace(tmp, path)  # atomic on POSIX: a reader sees the old file or the new one
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints
 
 ADAMW_STATE = ("step", "exp_avg", "exp_avg_sq")  # what torch's AdamW keeps per parameter
 CHECKED_METADATA = ("step", "param_groups", "info")  # with the tensors, under the checksum
@@ -116,7 +69,11 @@ def save_state(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, 
     metadata = {"step": str(step), "param_groups": json.dumps(opt_state["param_groups"]), "info": json.dumps(info)}
     metadata["sha256"] = _digest(tensors, metadata)
     data = save(tensors, metadata)  # in memory: save_file would leave temporary files of its own if killed
-    atomic_write(path, lambda tmp: tmp.write_bytes(data), keep_previous=True)
+    with atomic_write(path) as temporary:
+        temporary.write_bytes(data)
+        if path.exists():  # the new checkpoint is whole: keep the one it replaces
+            with atomic_write(previous_checkpoint(path)) as copy:
+                shutil.copyfile(path, copy)
 
 
 def _listed(keys: list[str], most: int = 4) -> str:
