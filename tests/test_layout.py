@@ -9,6 +9,7 @@ only re-export, and are left out of the graph.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,7 @@ def imported_modules(path: Path, known: set[str]) -> set[str]:
     return found
 
 
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
     """module -> the pgemma modules it imports; package ``__init__`` files are left out."""
     files = {module_name(path): path for path in SOURCE.rglob("*.py")}
