@@ -80,6 +80,11 @@ def load_model(
             which must then be one of those three.
         device: where the weights go: cpu, or cuda or mps if this machine has one (``devices.compute_device``).
         use_sdpa: use PyTorch's fused attention kernel (see ``attention.attention``).
+    Raises:
+        ValueError: naming the file, key and problem, for a missing or invalid ``config.json``
+            (every number finite and in range), a pickle file, missing, unexpected or misshapen
+            tensors, and weights stored as anything but floating point (F32, BF16, F16, or F64,
+            which is cast): integer, bool and 8-bit float tensors are refused, never cast.
     Note: on the CPU, a tensor that needs no cast stays memory-mapped from its file (the operating
     system reads it in when first used), so do not overwrite the files while the model is in use.
     """
@@ -148,7 +153,11 @@ def save_pretrained(model: PaliGemmaForConditionalGeneration, path: str | Path) 
 def load_pretrained(
     path: str | Path, dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
 ) -> tuple[PaliGemmaForConditionalGeneration, Any]:
-    """The model and its processor (tokenizer + image preprocessing) from one checkpoint directory."""
+    """The model and its processor (tokenizer + image preprocessing) from one checkpoint directory.
+
+    Accepts what ``load_model`` and ``processor.load_processor`` accept (``tokenizer.json`` or
+    ``tokenizer.model`` beside ``config.json``), and raises what they raise.
+    """
     from pgemma.processor import load_processor  # imported here: the engine never depends on it
 
     return load_model(path, dtype=dtype, device=device), load_processor(path)
