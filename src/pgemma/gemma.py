@@ -1,6 +1,7 @@
 """The Gemma decoder: a stack of pre-RMSNorm blocks with rotary, grouped-query attention.
 
-Book chapter: "Assembling PaliGemma" (Gemma Team 2024, section 2; GeGLU: Shazeer 2020).
+Book chapters: "Transformer blocks" (each piece built on the page) and "Assembling PaliGemma"
+(Gemma Team 2024, section 2; GeGLU: Shazeer 2020).
 
 Module and attribute names mirror the checkpoint keys under ``language_model.``. The decoder takes
 embeddings rather than token ids, because PaliGemma places image features among them first.

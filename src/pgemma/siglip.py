@@ -1,6 +1,6 @@
 """The SigLIP vision encoder: a Vision Transformer that turns an image into P patch vectors.
 
-Book chapter: "CNN vs ViT" (ViT, Dosovitskiy et al. 2021, section 3.1;
+Book chapters: "CNN vs ViT" and "Transformer blocks" (ViT, Dosovitskiy et al. 2021, section 3.1;
 SigLIP, Zhai et al. 2023). PaliGemma keeps every patch vector and drops SigLIP's pooling head.
 
 Module and attribute names mirror the checkpoint keys under ``vision_tower.vision_model.``.
