@@ -7,7 +7,12 @@ import pytest
 matplotlib.use("Agg")
 
 from pgemma.profiling import DecodeTiming  # noqa: E402
-from pgemma.viz.kv_cache import decode_step_states, plot_decode_step, plot_decode_timings  # noqa: E402
+from pgemma.viz.kv_cache import (  # noqa: E402
+    decode_step_states,
+    plot_decode_step,
+    plot_decode_timings,
+    plot_position_offsets,
+)
 
 COMPUTED, CACHED, NOT_COMPUTED, MASKED = 3, 2, 1, 0
 
@@ -48,3 +53,16 @@ def test_decode_timings_plot_cumulative_totals():
     assert totals["without cache"][-1] == pytest.approx(0.055)
     assert "2.9x faster" in right.get_title()
     assert left.lines[0].get_xdata()[0] == 6  # step 1 runs at prompt length + 1
+
+
+def test_position_offsets_plot_both_shifts_on_a_log_scale():
+    offsets = [-1, 0, 1, 2]
+    every, decode = [2e-5, 1e-5, 3e-5, 2e-5], [1.3, 1e-5, 0.9, 2.5]
+    figure = plot_position_offsets(offsets, every, decode)
+    (ax,) = figure.axes
+    assert ax.get_yscale() == "log"
+    lines = {line.get_label(): line for line in ax.lines}
+    assert list(lines["every position + d"].get_ydata()) == every
+    assert list(lines["only the decode step's position + d"].get_ydata()) == decode
+    assert list(lines["every position + d"].get_xdata()) == offsets
+    assert ax.get_title() == "every position shifted: at most 3e-05; the decode step's alone: up to 2.5"

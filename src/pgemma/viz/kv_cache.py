@@ -1,4 +1,7 @@
-"""Figures for chapter "The KV-cache": decoding time with and without the cache, and one decode step."""
+"""Figures for chapter "The KV-cache": decoding time with and without the cache, one decode step, and
+what shifted positions do to a decode step's logits."""
+
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -103,4 +106,32 @@ def plot_decode_step(prompt_length: int, step: int, use_cache: bool) -> Figure:
         frameon=False,
     )
     figure.tight_layout(rect=(0, 0.07, 1, 1))
+    return figure
+
+
+def plot_position_offsets(
+    offsets: Sequence[int], every_position: Sequence[float], decode_position: Sequence[float]
+) -> Figure:
+    """How far a decode step's logits move when positions are shifted by d, on a log scale.
+
+    Args:
+        offsets: the shifts d.
+        every_position: for each d, the largest |logit difference| from full recomputation when every
+            position, the prompt's and the decode step's, is shifted by d.
+        decode_position: the same when only the decode step's position is shifted by d.
+    Note: a difference of exactly 0 has no place on a log scale; its point is left out.
+    """
+    figure, ax = plt.subplots(figsize=(8, 3.6))
+    ax.plot(offsets, decode_position, "o-", color="tab:red", markersize=4, label="only the decode step's position + d")
+    ax.plot(offsets, every_position, "o-", color="tab:green", markersize=4, label="every position + d")
+    ax.set_yscale("log")
+    ax.set_xlabel("offset d added to the positions")
+    ax.set_ylabel("largest |logit difference|\nfrom full recomputation")
+    ax.legend()
+    ax.set_title(
+        f"every position shifted: at most {max(every_position):.0e}; "
+        f"the decode step's alone: up to {max(decode_position):.2g}",
+        fontsize=10,
+    )
+    figure.tight_layout()
     return figure
