@@ -1,4 +1,5 @@
-"""Writing the answer one token at a time. Book chapter: "The KV-cache" (prefill and decoding).
+"""Writing the answer one token at a time. Book chapters: "The KV-cache" (prefill and decoding)
+and "Choosing the next token" (greedy, temperature, top-k, top-p, seeds).
 
 Generation is a loop: run the model, turn the last position's logits into one token per row,
 append it, repeat until every row has written <eos> or `max_new_tokens` are out.
