@@ -19,6 +19,7 @@ from tools.book import (
 NOTEBOOKS = chapter_notebooks()
 DOWNLOAD = re.compile(r"urlretrieve|requests\.get|urlopen|hf_hub_download|snapshot_download|!wget|!curl")
 TIME_LIMIT_SECONDS = 60
+BUILDS_ON = "**Builds on:**"
 
 
 def code_cells(notebook: dict) -> list[dict]:
@@ -43,6 +44,21 @@ def test_every_toc_entry_exists_and_every_chapter_is_listed():
     unlisted = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "book").glob("*.ipynb") if p not in listed)
     assert not unlisted, f"notebooks in book/ that _toc.yml does not list: {unlisted}"
     assert NOTEBOOKS, "the book has no chapter notebook"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_opens_by_naming_the_earlier_chapters_it_builds_on(path):
+    # "# Title", then "**Builds on:** chapter 5 (multi-head attention), chapter 8 (RoPE)."
+    first = next(cell for cell in load_notebook(path)["cells"] if cell["cell_type"] == "markdown")
+    paragraphs = cell_source(first).split("\n\n")
+    assert paragraphs[0].startswith("# ") and len(paragraphs) > 1 and paragraphs[1].startswith(BUILDS_ON), (
+        f"{path.name}: the paragraph after the title must start with {BUILDS_ON!r}"
+    )
+    named = [int(number) for number in re.findall(r"\bchapter (\d+)\b", paragraphs[1])]
+    assert len(named) == len(re.findall(r"\d+", paragraphs[1])), f"{path.name}: write each as 'chapter N (title)'"
+    own = int(path.name.split("_", 1)[0])
+    assert all(number < own for number in named), f"{path.name}: builds on chapters {named}, not all before {own}"
+    assert named or own == 1, f"{path.name}: name the earlier chapters it builds on"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
