@@ -98,6 +98,12 @@ def test_runs_in_under_a_minute(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_nbval_markers_are_cell_tags_not_comments_on_the_page(path):
+    marked = [cell_source(c).splitlines()[0] for c in code_cells(load_notebook(path)) if "# NBVAL_" in cell_source(c)]
+    assert not marked, f"{path.name}: use the cells' nbval-... tags instead of {marked}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_widgets_have_a_static_twin_and_ignored_outputs(path):
     notebook = load_notebook(path)
     cells = code_cells(notebook)
@@ -107,8 +113,8 @@ def test_widgets_have_a_static_twin_and_ignored_outputs(path):
     for cell in widget_cells:
         source = cell_source(cell)
         assert "interactive_figure(" in source, f"{path.name}: build widgets with interactive_figure"
-        ignored = "NBVAL_IGNORE_OUTPUT" in source or "nbval-ignore-output" in cell["metadata"].get("tags", [])
-        assert ignored, f"{path.name}: mark widget cells # NBVAL_IGNORE_OUTPUT"
+        ignored = "nbval-ignore-output" in cell["metadata"].get("tags", [])
+        assert ignored, f"{path.name}: tag widget cells nbval-ignore-output"
         drawn = re.findall(r"\b(plot_\w+)\(", source)
         assert drawn and all(name + "(" in static_text for name in drawn), (
             f"{path.name}: the widget's figure {drawn} is not also drawn statically"
