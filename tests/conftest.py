@@ -230,11 +230,12 @@ def make_tokenizer() -> Callable[..., PaliGemmaTokenizer]:
 
 
 @pytest.fixture(scope="session")
-def make_sentencepiece_tokenizer() -> Callable[[], PaliGemmaTokenizer]:
-    """() -> a tiny SentencePiece model trained on CORPUS, laid out like Gemma's: control ids 0-3, no dummy
-    prefix, no whitespace normalization, unseen characters spelled as bytes."""
+def train_sentencepiece() -> Callable[..., spm.SentencePieceProcessor]:
+    """(image_piece=True) -> a tiny SentencePiece model trained on CORPUS, laid out like Gemma's:
+    control ids 0-3, no dummy prefix, no whitespace normalization, unseen characters spelled as bytes;
+    without `image_piece` it has no <image> piece, as PaliGemma's tokenizer.model."""
 
-    def make() -> PaliGemmaTokenizer:
+    def train(image_piece: bool = True) -> spm.SentencePieceProcessor:
         model = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(CORPUS),
@@ -250,16 +251,22 @@ def make_sentencepiece_tokenizer() -> Callable[[], PaliGemmaTokenizer]:
             eos_piece=EOS,
             bos_piece=BOS,
             unk_piece=UNK,
-            user_defined_symbols=[IMAGE, *LOC_TOKENS],
+            user_defined_symbols=[IMAGE, *LOC_TOKENS] if image_piece else list(LOC_TOKENS),
             add_dummy_prefix=False,
             normalization_rule_name="identity",
             remove_extra_whitespaces=False,
             byte_fallback=True,
             minloglevel=2,
         )
-        return PaliGemmaTokenizer(spm.SentencePieceProcessor(model_proto=model.getvalue()))
+        return spm.SentencePieceProcessor(model_proto=model.getvalue())
 
-    return make
+    return train
+
+
+@pytest.fixture(scope="session")
+def make_sentencepiece_tokenizer(train_sentencepiece) -> Callable[[], PaliGemmaTokenizer]:
+    """() -> a PaliGemmaTokenizer on `train_sentencepiece()`'s model."""
+    return lambda: PaliGemmaTokenizer(train_sentencepiece())
 
 
 @pytest.fixture(scope="session")

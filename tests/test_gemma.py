@@ -38,7 +38,7 @@ def test_embeddings_are_scaled_by_sqrt_width_rounded_to_the_activation_dtype(ran
 @pytest.mark.parametrize("kv_heads", [1, 2, 4], ids=["multi_query", "grouped_query", "multi_head"])
 def test_matches_transformers_gemma(kv_heads, random_decoder):
     transformers = pytest.importorskip("transformers")
-    config = GemmaConfig(
+    sizes = dict(
         vocab_size=96,
         hidden_size=48,
         intermediate_size=80,
@@ -48,18 +48,8 @@ def test_matches_transformers_gemma(kv_heads, random_decoder):
         head_dim=20,
         max_position_embeddings=64,
     )
-    hf_config = transformers.GemmaConfig(
-        vocab_size=96,
-        hidden_size=48,
-        intermediate_size=80,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=kv_heads,
-        head_dim=20,
-        max_position_embeddings=64,
-        hidden_act="gelu_pytorch_tanh",
-        attn_implementation="eager",
-    )
+    config = GemmaConfig(**sizes)
+    hf_config = transformers.GemmaConfig(**sizes, hidden_act="gelu_pytorch_tanh", attn_implementation="eager")
     theirs = transformers.GemmaForCausalLM(hf_config).eval()
     ours = random_decoder(config)
     theirs.load_state_dict(ours.state_dict())  # the same names: model.layers.N..., lm_head

@@ -1,17 +1,12 @@
 """Tests for pgemma.tokenizer: special tokens, round trips, both backends, transformers parity."""
 
-import io
 import json
 
 import pytest
-import sentencepiece as spm
 from tokenizers import Tokenizer, models
 
 from pgemma.tokenizer import (
-    BOS,
-    EOS,
     LOC_TOKENS,
-    PAD,
     SEG_TOKENS,
     SPECIAL_TOKENS,
     UNK,
@@ -118,28 +113,9 @@ def test_sentencepiece_byte_fallback_restores_unseen_characters(sp_tokenizer):
     assert sp_tokenizer.decode(sp_tokenizer.encode("caf\u00e9 \u732b")) == "caf\u00e9 \u732b"
 
 
-def test_sentencepiece_without_image_piece_appends_it(corpus):
+def test_sentencepiece_without_image_piece_appends_it(train_sentencepiece):
     # PaliGemma's tokenizer.model has no <image> piece; it gets the next free id.
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=1100,
-        hard_vocab_limit=False,
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        pad_piece=PAD,
-        eos_piece=EOS,
-        bos_piece=BOS,
-        unk_piece=UNK,
-        user_defined_symbols=list(LOC_TOKENS),
-        add_dummy_prefix=False,
-        minloglevel=2,
-    )
-    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    processor = train_sentencepiece(image_piece=False)
     tokenizer = PaliGemmaTokenizer(processor)
     assert tokenizer.image_id == processor.get_piece_size()
     assert tokenizer.vocab_size == processor.get_piece_size() + 1
