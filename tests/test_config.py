@@ -379,3 +379,30 @@ def test_bad_gemma2_fields_are_refused(changes, error, message):
     config_json["text_config"].update(changes)
     with pytest.raises(error, match=message):
         PaliGemmaConfig.from_hf_dict(config_json)
+
+
+# Gemma 2's parameters besides the embedding (Gemma Team 2024b, "Gemma 2", table 2): these do not
+# depend on the vocabulary, which PaliGemma extends with <loc> and <seg> tokens.
+GEMMA2_NON_EMBEDDING_PARAMETERS = {"3b": 2_024_517_888, "10b": 8_324_201_984, "28b": 26_047_480_320}
+
+
+@pytest.mark.parametrize("size", sorted(GEMMA2_NON_EMBEDDING_PARAMETERS))
+def test_paligemma2_presets_have_the_published_decoder_sizes(size):
+    import torch
+
+    from pgemma.paligemma import PaliGemmaForConditionalGeneration
+
+    config = PaliGemmaConfig.paligemma2(size)
+    with torch.device("meta"):
+        model = PaliGemmaForConditionalGeneration(config)
+    decoder = model.language_model
+    embedding = decoder.model.embed_tokens.weight.numel()  # tied to the output head: counted once
+    assert sum(p.numel() for p in decoder.parameters()) - embedding == GEMMA2_NON_EMBEDDING_PARAMETERS[size]
+    assert config.vision_config == PaliGemmaConfig.paligemma_3b_224().vision_config  # the same SigLIP So400m
+    assert config.text_config.vocab_size == 257216 and config.image_token_index == 257152
+    assert [PaliGemmaConfig.paligemma2(size, side).num_image_tokens for side in (224, 448, 896)] == [256, 1024, 4096]
+
+
+def test_paligemma2_preset_refuses_unknown_sizes():
+    with pytest.raises(ValueError, match="sizes 3b, 10b, 28b and image sizes 224, 448, 896; got '2b' and 224"):
+        PaliGemmaConfig.paligemma2("2b")

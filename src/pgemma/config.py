@@ -177,6 +177,35 @@ class Gemma2Config(GemmaConfig):
                     f"text_config.layer_types: {kind!r} is neither {SLIDING_ATTENTION!r} nor {FULL_ATTENTION!r}"
                 )
 
+    @classmethod
+    def gemma2_2b(cls) -> Gemma2Config:
+        """Gemma 2 2B, PaliGemma 2 3B's decoder (the defaults)."""
+        return cls()
+
+    @classmethod
+    def gemma2_9b(cls) -> Gemma2Config:
+        """Gemma 2 9B, PaliGemma 2 10B's decoder."""
+        return cls(
+            hidden_size=3584,
+            intermediate_size=14336,
+            num_hidden_layers=42,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+        )
+
+    @classmethod
+    def gemma2_27b(cls) -> Gemma2Config:
+        """Gemma 2 27B, PaliGemma 2 28B's decoder: heads of 128, scores scaled by (4608 / 32) ** -0.5."""
+        return cls(
+            hidden_size=4608,
+            intermediate_size=36864,
+            num_hidden_layers=46,
+            num_attention_heads=32,
+            num_key_value_heads=16,
+            head_dim=128,
+            query_pre_attn_scalar=144,  # hidden_size / num_attention_heads, not head_dim
+        )
+
     def is_sliding(self, layer: int) -> bool:
         """Whether decoder layer ``layer`` attends through the sliding window."""
         return self.layer_types[layer] == SLIDING_ATTENTION
@@ -240,6 +269,20 @@ class PaliGemmaConfig:
     def paligemma_3b_224(cls) -> PaliGemmaConfig:
         """The real numbers of PaliGemma 1, 3B parameters, 224 x 224 images (256 image tokens)."""
         return cls()
+
+    @classmethod
+    def paligemma2(cls, size: str = "3b", image_size: int = 224) -> PaliGemmaConfig:
+        """The real numbers of PaliGemma 2: ``size`` "3b", "10b" or "28b" (decoder Gemma 2 2B, 9B or
+        27B), ``image_size`` 224, 448 or 896 (256, 1024 or 4096 image tokens)."""
+        decoders = {"3b": Gemma2Config.gemma2_2b, "10b": Gemma2Config.gemma2_9b, "28b": Gemma2Config.gemma2_27b}
+        if size not in decoders or image_size not in (224, 448, 896):
+            raise ValueError(
+                f"PaliGemma 2 comes in sizes {', '.join(decoders)} and image sizes 224, 448, 896; "
+                f"got {size!r} and {image_size!r}"
+            )
+        text = decoders[size]()
+        vision = SiglipVisionConfig(image_size=image_size)
+        return cls(vision_config=vision, text_config=text, projection_dim=text.hidden_size)
 
     @classmethod
     def tiny(cls) -> PaliGemmaConfig:
