@@ -18,7 +18,14 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from pgemma.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
+from pgemma.config import (
+    FULL_ATTENTION,
+    SLIDING_ATTENTION,
+    Gemma2Config,
+    GemmaConfig,
+    PaliGemmaConfig,
+    SiglipVisionConfig,
+)
 from pgemma.gemma import GemmaForCausalLM
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from pgemma.tokenizer import BOS, EOS, IMAGE, LOC_TOKENS, PAD, UNK, PaliGemmaTokenizer, train_tokenizer
@@ -75,6 +82,24 @@ CONFIGS = {
     ),
 }
 
+# PaliGemma 2 (a Gemma 2 decoder), kept apart from CONFIGS so that PaliGemma 1's tests run unchanged:
+# windows of 4 and 3 tokens, far shorter than any prompt, soft-capping on and (for attention) off,
+# transformers' alternating layer types and another order.
+PALIGEMMA2_CONFIGS = {
+    "gemma2_multi_query": replace(CONFIGS["multi_query"], text_config=Gemma2Config.tiny()),
+    "gemma2_grouped_query": replace(
+        CONFIGS["grouped_query"],
+        text_config=Gemma2Config(
+            **{name: getattr(CONFIGS["grouped_query"].text_config, name) for name in GemmaConfig.__dataclass_fields__},
+            query_pre_attn_scalar=10,
+            attn_logit_softcapping=None,  # SDPA can run these layers
+            final_logit_softcapping=5.0,
+            sliding_window=3,
+            layer_types=(FULL_ATTENTION, SLIDING_ATTENTION, SLIDING_ATTENTION),
+        ),
+    ),
+}
+
 # The text the small tokenizers are trained on: prompts, answers, <loc> tokens and plain sentences.
 CORPUS = [
     "caption en a red cat sitting on a wooden bench",
@@ -104,8 +129,15 @@ def config(config_name: str) -> PaliGemmaConfig:
 
 
 @pytest.fixture(scope="session")
+def paligemma2_configs() -> dict[str, PaliGemmaConfig]:
+    """PALIGEMMA2_CONFIGS: name -> tiny PaliGemma 2 config (also names for ``reference_checkpoint``)."""
+    return PALIGEMMA2_CONFIGS
+
+
+@pytest.fixture(scope="session")
 def reference_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """name -> directory of a random transformers checkpoint for CONFIGS[name] (built once)."""
+    """name -> directory of a random transformers checkpoint for CONFIGS[name] or PALIGEMMA2_CONFIGS[name]
+    (built once)."""
     pytest.importorskip("transformers")
     from pgemma.reference import build_reference_checkpoint
 
@@ -114,7 +146,10 @@ def reference_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[[
     def get(name: str) -> Path:
         if name not in built:
             built[name] = tmp_path_factory.mktemp(f"reference_{name}")
-            build_reference_checkpoint(built[name], CONFIGS[name], seed=len(built))
+            if name in PALIGEMMA2_CONFIGS:  # weights large enough for the soft-caps to matter
+                build_reference_checkpoint(built[name], PALIGEMMA2_CONFIGS[name], seed=len(built), weight_std=0.1)
+            else:
+                build_reference_checkpoint(built[name], CONFIGS[name], seed=len(built))
         return built[name]
 
     return get

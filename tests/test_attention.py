@@ -108,3 +108,20 @@ def test_grouped_query_equals_multi_head_with_repeated_kv_heads(
     for n in range(heads):
         one = attention(q[:, n : n + 1], k[:, n // groups : n // groups + 1], v[:, n // groups : n // groups + 1], mask)
         torch.testing.assert_close(one[:, 0], grouped[:, n])
+
+
+def test_soft_cap_squashes_scores_and_keeps_the_explicit_path():
+    from pgemma.attention import soft_cap
+
+    x = torch.tensor([-100.0, -1.0, 0.0, 0.01, 100.0])
+    capped = soft_cap(x, 5.0)
+    assert capped.abs().max() <= 5.0 and capped[3] == pytest.approx(0.01, rel=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 3, 4, generator=generator) * 3 for _ in range(3))
+    explicit, weights = attention(q, k, v, softcap=1.0, scale=0.5, return_weights=True)
+    # SDPA has no soft-cap: with one, use_sdpa=True takes the explicit path (the same numbers, weights too).
+    assert torch.equal(attention(q, k, v, softcap=1.0, scale=0.5, use_sdpa=True), explicit)
+    expected = torch.softmax(soft_cap(q @ k.transpose(-2, -1) * 0.5, 1.0), dim=-1)
+    torch.testing.assert_close(weights, expected)
+    assert not torch.allclose(explicit, attention(q, k, v, scale=0.5))
+    torch.testing.assert_close(attention(q, k, v, scale=0.5, use_sdpa=True), attention(q, k, v, scale=0.5))

@@ -6,7 +6,15 @@ import math
 
 import pytest
 
-from pgemma.config import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig, load_config
+from pgemma.config import (
+    FULL_ATTENTION,
+    SLIDING_ATTENTION,
+    Gemma2Config,
+    GemmaConfig,
+    PaliGemmaConfig,
+    SiglipVisionConfig,
+    load_config,
+)
 
 # google/paligemma-3b-pt-224's config.json as published on the hub (transformers 4.41 era).
 HUB_3B_224 = {
@@ -137,9 +145,9 @@ def test_missing_fields_are_filled_as_transformers_does(config_json):
     [
         ({"model_type": "llava"}, ValueError, "model_type must be 'paligemma', got 'llava'"),
         (
-            {"model_type": "paligemma", "text_config": {"model_type": "gemma2"}},
+            {"model_type": "paligemma", "text_config": {"model_type": "gemma3"}},
             ValueError,
-            "PaliGemma 2 .* not supported",
+            "'gemma' \\(PaliGemma 1\\) or 'gemma2' \\(PaliGemma 2\\), got 'gemma3'",
         ),
         ({"model_type": "paligemma", "vision_config": {}}, ValueError, "vision_use_head must be false"),
         ({"model_type": "paligemma", "text_config": {"hidden_act": "relu"}}, ValueError, "hidden_act must be"),
@@ -312,3 +320,89 @@ def test_configs_check_their_numbers_when_built(build, error, message):
 def test_a_large_context_is_a_valid_config():
     config = GemmaConfig(max_position_embeddings=10**9, rope_theta=1e6, rms_norm_eps=1e-5)
     assert config.max_position_embeddings == 10**9
+
+
+def test_paligemma2_round_trip_through_hf_dict(paligemma2_configs):
+    for config in paligemma2_configs.values():
+        config_json = config.to_hf_dict()
+        assert config_json["text_config"]["model_type"] == "gemma2"
+        assert PaliGemmaConfig.from_hf_dict(json.loads(json.dumps(config_json))) == config
+
+
+def test_missing_gemma2_fields_are_filled_as_transformers_does():
+    transformers = pytest.importorskip("transformers")
+    config_json = {
+        "model_type": "paligemma",
+        "projection_dim": 2304,  # Gemma 2 2B's width
+        "vision_config": {"vision_use_head": False},
+        "text_config": {"model_type": "gemma2", "vocab_size": 257216},  # room for the image token
+    }
+    hf_text = transformers.PaliGemmaConfig.from_dict(config_json).text_config
+    text = PaliGemmaConfig.from_hf_dict(config_json).text_config
+    assert isinstance(text, Gemma2Config)
+    for f in dataclasses.fields(Gemma2Config):
+        theirs = hf_text.rope_parameters["rope_theta"] if f.name == "rope_theta" else getattr(hf_text, f.name)
+        assert getattr(text, f.name) == (tuple(theirs) if f.name == "layer_types" else theirs), f.name
+    assert text.layer_types[:3] == (SLIDING_ATTENTION, FULL_ATTENTION, SLIDING_ATTENTION)
+    assert [text.is_sliding(i) for i in range(3)] == [True, False, True]
+
+
+def test_null_soft_caps_mean_no_capping():
+    text_json = {
+        "model_type": "gemma2",
+        "vocab_size": 257216,
+        "attn_logit_softcapping": None,
+        "final_logit_softcapping": None,
+    }
+    config_json = {"model_type": "paligemma", "projection_dim": 2304, "text_config": text_json}
+    text = PaliGemmaConfig.from_hf_dict(config_json).text_config
+    assert text.attn_logit_softcapping is None and text.final_logit_softcapping is None
+
+
+@pytest.mark.parametrize(
+    "changes, error, message",
+    [
+        ({"sliding_window": 0}, ValueError, "text_config.sliding_window must be positive, got 0"),
+        ({"sliding_window": None}, ValueError, "sliding_window=null is not supported"),
+        ({"query_pre_attn_scalar": float("nan")}, ValueError, "query_pre_attn_scalar must be a finite positive"),
+        ({"attn_logit_softcapping": -1.0}, ValueError, "attn_logit_softcapping must be a finite positive"),
+        ({"final_logit_softcapping": float("inf")}, ValueError, "final_logit_softcapping must be a finite positive"),
+        ({"final_logit_softcapping": True}, TypeError, "final_logit_softcapping must be a number"),
+        ({"layer_types": ["sliding_attention"]}, ValueError, "layer_types has 1 entries for num_hidden_layers=2"),
+        ({"layer_types": ["sliding_attention", "chunked"]}, ValueError, "'chunked' is neither"),
+        ({"layer_types": "sliding_attention"}, TypeError, "layer_types must be a list of strings"),
+        ({"hidden_activation": "relu"}, ValueError, "text_config.hidden_activation must be 'gelu_pytorch_tanh'"),
+    ],
+)
+def test_bad_gemma2_fields_are_refused(changes, error, message):
+    config_json = dataclasses.replace(PaliGemmaConfig.tiny(), text_config=Gemma2Config.tiny()).to_hf_dict()
+    config_json["text_config"].update(changes)
+    with pytest.raises(error, match=message):
+        PaliGemmaConfig.from_hf_dict(config_json)
+
+
+# Gemma 2's parameters besides the embedding (Gemma Team 2024b, "Gemma 2", table 2): these do not
+# depend on the vocabulary, which PaliGemma extends with <loc> and <seg> tokens.
+GEMMA2_NON_EMBEDDING_PARAMETERS = {"3b": 2_024_517_888, "10b": 8_324_201_984, "28b": 26_047_480_320}
+
+
+@pytest.mark.parametrize("size", sorted(GEMMA2_NON_EMBEDDING_PARAMETERS))
+def test_paligemma2_presets_have_the_published_decoder_sizes(size):
+    import torch
+
+    from pgemma.paligemma import PaliGemmaForConditionalGeneration
+
+    config = PaliGemmaConfig.paligemma2(size)
+    with torch.device("meta"):
+        model = PaliGemmaForConditionalGeneration(config)
+    decoder = model.language_model
+    embedding = decoder.model.embed_tokens.weight.numel()  # tied to the output head: counted once
+    assert sum(p.numel() for p in decoder.parameters()) - embedding == GEMMA2_NON_EMBEDDING_PARAMETERS[size]
+    assert config.vision_config == PaliGemmaConfig.paligemma_3b_224().vision_config  # the same SigLIP So400m
+    assert config.text_config.vocab_size == 257216 and config.image_token_index == 257152
+    assert [PaliGemmaConfig.paligemma2(size, side).num_image_tokens for side in (224, 448, 896)] == [256, 1024, 4096]
+
+
+def test_paligemma2_preset_refuses_unknown_sizes():
+    with pytest.raises(ValueError, match="sizes 3b, 10b, 28b and image sizes 224, 448, 896; got '2b' and 224"):
+        PaliGemmaConfig.paligemma2("2b")

@@ -47,6 +47,21 @@ def test_prepared_model_gives_the_reference_logits_and_greedy_tokens(config, mon
         assert torch.equal(greedy(model, inputs, padded), greedy(reference, inputs, padded))
 
 
+@pytest.mark.parametrize("name", ["gemma2_multi_query", "gemma2_grouped_query"])
+def test_prepared_paligemma2_model_keeps_its_scale_and_caps(name, paligemma2_configs, random_model, make_inputs):
+    """Fused Gemma 2 attention keeps query_pre_attn_scalar and the soft-cap (which SDPA cannot apply)."""
+    config = paligemma2_configs[name]
+    reference, model = random_model(config, seed=1), prepare_for_speed(random_model(config, seed=1))
+    layers = model.language_model.model.layers
+    assert all(isinstance(layer.self_attn, FusedGemmaAttention) for layer in layers)
+    inputs = make_inputs(config)
+    with torch.no_grad():
+        expected, ours = reference(**inputs), model(**inputs)
+    real = inputs["attention_mask"].bool()
+    torch.testing.assert_close(ours.logits[real], expected.logits[real], rtol=1e-5, atol=1e-5)
+    assert torch.equal(greedy(model, inputs, True), greedy(reference, inputs, True))
+
+
 def test_the_decoder_is_compiled_only_when_asked(monkeypatch, configs, random_model):
     compiled_models = []
     monkeypatch.setattr(compiled, "compile_decoder", compiled_models.append)

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgemma.masks import causal_mask, decoder_mask, padding_mask, prefix_lm_mask
+from pgemma.masks import causal_mask, decoder_mask, padding_mask, prefix_lm_mask, sliding_window_mask
 
 
 def _grid(rows: str) -> torch.Tensor:
@@ -135,3 +135,55 @@ def test_prefix_lm_structure(batch):
         future = torch.ones(length, length, dtype=torch.bool).triu(1)
         suffix_rows = (token_type_ids[b] == 1)[:, None] & future
         assert not mask[b][suffix_rows].any()  # the suffix never sees the future
+
+
+def test_sliding_window_worked_example():
+    """The module docstring's example and sliding_window_mask's."""
+    expected = torch.tensor(
+        [
+            [1, 1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 0, 0],
+            [0, 0, 0, 1, 1, 0],
+            [0, 0, 0, 0, 1, 1],
+        ]
+    ).bool()
+    mask = decoder_mask(6, 6, token_type_ids=torch.tensor([[0, 0, 0, 0, 1, 1]]), sliding_window=2)
+    assert torch.equal(mask[0, 0], expected)
+    band = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 1, 1, 1], [0, 0, 1, 1, 1]]).bool()
+    assert torch.equal(sliding_window_mask(5, 5, 3), band)
+    assert torch.equal(causal_mask(5, 5, sliding_window=3), band & causal_mask(5, 5))
+    assert torch.equal(sliding_window_mask(2, 5, 3), band[3:])  # after a cache of 3: the last rows
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=batches(), window=st.integers(1, 6))
+def test_sliding_mask_matches_transformers_paligemma2(batch, window):
+    """transformers' PaliGemma 2 sliding layers: (causal and in the window) or both tokens typed 0, never padding."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.masking_utils import create_sliding_window_causal_mask
+
+    attention_mask, token_type_ids = batch
+    config = transformers.Gemma2Config(hidden_size=8, num_attention_heads=2, head_dim=4, sliding_window=window)
+    config._attn_implementation = "sdpa"  # the boolean form of the mask
+    b, t = token_type_ids.shape
+    theirs = create_sliding_window_causal_mask(
+        config=config,
+        inputs_embeds=torch.zeros(b, t, 8),
+        attention_mask=attention_mask,
+        past_key_values=None,
+        position_ids=torch.arange(t)[None] + 1,
+        block_sequence_ids=torch.where(token_type_ids == 0, 0, -1),
+    )
+    ours = decoder_mask(t, t, attention_mask, token_type_ids, sliding_window=window)
+    if theirs is None:  # transformers skips a mask that lets every query see every key
+        theirs = torch.ones_like(ours)
+    assert torch.equal(ours, theirs.expand_as(ours))
+
+
+def test_one_new_token_after_a_cache_sees_only_the_window():
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]])
+    mask = decoder_mask(1, 6, attention_mask, torch.ones(2, 1, dtype=torch.long), sliding_window=3)
+    assert mask[:, 0, 0].int().tolist() == [[0, 0, 0, 1, 1, 1], [0, 0, 0, 1, 1, 1]]
+    assert decoder_mask(1, 6, sliding_window=3, batch_size=2)[:, 0, 0].int().tolist() == [[0, 0, 0, 1, 1, 1]] * 2

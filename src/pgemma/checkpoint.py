@@ -1,5 +1,8 @@
 """Loading and saving Hugging Face PaliGemma checkpoints: ``config.json`` + safetensors, nothing else.
 
+PaliGemma 1 and 2 checkpoints both load: ``config.json``'s ``text_config.model_type`` (``gemma`` or
+``gemma2``) picks the decoder.
+
 Book chapter: "Assembling PaliGemma" (its section "the real model").
 
 Our parameter names are the hub's, so loading is a rename table (for the other layouts
@@ -79,7 +82,8 @@ def load_model(
         dtype: float32, bfloat16 or float16; None keeps the checkpoint's (its embedding's) dtype,
             which must then be one of those three.
         device: where the weights go: cpu, or cuda or mps if this machine has one (``devices.compute_device``).
-        use_sdpa: use PyTorch's fused attention kernel (see ``attention.attention``).
+        use_sdpa: use PyTorch's fused attention kernel (see ``attention.attention``); the layers
+            of a PaliGemma 2 decoder that soft-cap their attention scores keep the explicit path.
     Raises:
         ValueError: naming the file, key and problem, for a missing or invalid ``config.json``
             (every number finite and in range), a pickle file, missing, unexpected or misshapen

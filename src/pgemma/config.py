@@ -14,8 +14,10 @@ positive numbers (JSON read by Python allows ``NaN`` and ``Infinity``, and ``nan
 "not positive" alone would let them through), and token ids lie inside the vocabulary. A wrong type
 is a TypeError, a number out of range a ValueError; ``load_config`` adds the file's name.
 
-Not supported (refused with a ValueError when read from ``config.json``): PaliGemma 2 (a Gemma 2
-decoder), a SigLIP pooling head, biases in the decoder's attention, RoPE scaling, and activations
+PaliGemma 1 has a Gemma decoder (``GemmaConfig``), PaliGemma 2 a Gemma 2 decoder (``Gemma2Config``,
+the same fields and five more); ``from_hf_dict`` picks by ``text_config.model_type``.
+
+Not supported (refused with a ValueError when read from ``config.json``): a SigLIP pooling head, biases in the decoder's attention, RoPE scaling, and activations
 other than the tanh approximation of GELU.
 """
 
@@ -124,6 +126,102 @@ class GemmaConfig:
         )
 
 
+SLIDING_ATTENTION, FULL_ATTENTION = "sliding_attention", "full_attention"  # Gemma 2's layer_types
+
+
+@dataclass(frozen=True)
+class Gemma2Config(GemmaConfig):
+    """The Gemma 2 decoder (Gemma Team 2024b). Defaults: Gemma 2 2B as used in PaliGemma 2 3B.
+
+    Gemma's fields, with five more:
+
+    - ``query_pre_attn_scalar``: attention scores are scaled by ``query_pre_attn_scalar ** -0.5``
+      instead of ``head_dim ** -0.5`` (the same number when they are equal, as in 2B);
+    - ``attn_logit_softcapping``, ``final_logit_softcapping``: scores and output logits are squashed
+      into (-cap, cap) by ``cap * tanh(x / cap)``; None leaves them uncapped;
+    - ``sliding_window``: a layer marked ``"sliding_attention"`` lets a query see only the last
+      ``sliding_window`` keys (itself included) of the causal context;
+    - ``layer_types``: one entry per layer, ``"sliding_attention"`` or ``"full_attention"``; None
+      means alternating, sliding first (transformers' default), and is replaced by that tuple.
+    """
+
+    hidden_size: int = 2304
+    intermediate_size: int = 9216
+    num_hidden_layers: int = 26
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 4  # grouped-query attention: two query heads per kv head
+    query_pre_attn_scalar: float = 256
+    attn_logit_softcapping: float | None = 50.0
+    final_logit_softcapping: float | None = 30.0
+    sliding_window: int = 4096
+    layer_types: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.layer_types is None:
+            alternating = tuple(
+                SLIDING_ATTENTION if index % 2 == 0 else FULL_ATTENTION for index in range(self.num_hidden_layers)
+            )
+            object.__setattr__(self, "layer_types", alternating)  # a frozen dataclass's own fields
+        if not isinstance(self.layer_types, (tuple, list)) or isinstance(self.layer_types, str):
+            raise TypeError(f"text_config.layer_types must be a list of strings, got {self.layer_types!r}")
+        object.__setattr__(self, "layer_types", tuple(self.layer_types))  # a JSON list becomes a tuple
+        if len(self.layer_types) != self.num_hidden_layers:
+            raise ValueError(
+                f"text_config.layer_types has {len(self.layer_types)} entries for "
+                f"num_hidden_layers={self.num_hidden_layers}"
+            )
+        for kind in self.layer_types:
+            if kind not in (SLIDING_ATTENTION, FULL_ATTENTION):
+                raise ValueError(
+                    f"text_config.layer_types: {kind!r} is neither {SLIDING_ATTENTION!r} nor {FULL_ATTENTION!r}"
+                )
+
+    @classmethod
+    def gemma2_2b(cls) -> Gemma2Config:
+        """Gemma 2 2B, PaliGemma 2 3B's decoder (the defaults)."""
+        return cls()
+
+    @classmethod
+    def gemma2_9b(cls) -> Gemma2Config:
+        """Gemma 2 9B, PaliGemma 2 10B's decoder."""
+        return cls(
+            hidden_size=3584,
+            intermediate_size=14336,
+            num_hidden_layers=42,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+        )
+
+    @classmethod
+    def gemma2_27b(cls) -> Gemma2Config:
+        """Gemma 2 27B, PaliGemma 2 28B's decoder: heads of 128, scores scaled by (4608 / 32) ** -0.5."""
+        return cls(
+            hidden_size=4608,
+            intermediate_size=36864,
+            num_hidden_layers=46,
+            num_attention_heads=32,
+            num_key_value_heads=16,
+            head_dim=128,
+            query_pre_attn_scalar=144,  # hidden_size / num_attention_heads, not head_dim
+        )
+
+    def is_sliding(self, layer: int) -> bool:
+        """Whether decoder layer ``layer`` attends through the sliding window."""
+        return self.layer_types[layer] == SLIDING_ATTENTION
+
+    @classmethod
+    def tiny(cls) -> Gemma2Config:
+        """Gemma's tiny sizes, a window of 4 tokens (shorter than any prompt), sliding and full layers."""
+        return cls(
+            **{f.name: getattr(GemmaConfig.tiny(), f.name) for f in fields(GemmaConfig)},
+            query_pre_attn_scalar=24,  # not head_dim (16): a scale taken from the wrong field shows
+            attn_logit_softcapping=2.0,  # small caps, so that capping changes the numbers
+            final_logit_softcapping=3.0,
+            sliding_window=4,
+        )
+
+
 @dataclass(frozen=True)
 class PaliGemmaConfig:
     """SigLIP + a linear projector + Gemma. Defaults: ``google/paligemma-3b-pt-224``."""
@@ -171,6 +269,20 @@ class PaliGemmaConfig:
     def paligemma_3b_224(cls) -> PaliGemmaConfig:
         """The real numbers of PaliGemma 1, 3B parameters, 224 x 224 images (256 image tokens)."""
         return cls()
+
+    @classmethod
+    def paligemma2(cls, size: str = "3b", image_size: int = 224) -> PaliGemmaConfig:
+        """The real numbers of PaliGemma 2: ``size`` "3b", "10b" or "28b" (decoder Gemma 2 2B, 9B or
+        27B), ``image_size`` 224, 448 or 896 (256, 1024 or 4096 image tokens)."""
+        decoders = {"3b": Gemma2Config.gemma2_2b, "10b": Gemma2Config.gemma2_9b, "28b": Gemma2Config.gemma2_27b}
+        if size not in decoders or image_size not in (224, 448, 896):
+            raise ValueError(
+                f"PaliGemma 2 comes in sizes {', '.join(decoders)} and image sizes 224, 448, 896; "
+                f"got {size!r} and {image_size!r}"
+            )
+        text = decoders[size]()
+        vision = SiglipVisionConfig(image_size=image_size)
+        return cls(vision_config=vision, text_config=text, projection_dim=text.hidden_size)
 
     @classmethod
     def tiny(cls) -> PaliGemmaConfig:
@@ -239,17 +351,23 @@ class PaliGemmaConfig:
                 "num_image_tokens": self.num_image_tokens,
             },
             "text_config": {
-                "model_type": "gemma",
                 **asdict(text),
+                **_text_model_fields(text),
                 # transformers >= 5 reads rope_parameters, older versions rope_theta.
                 "rope_parameters": {"rope_theta": text.rope_theta, "rope_type": "default"},
-                "hidden_act": "gelu_pytorch_tanh",
                 "num_image_tokens": self.num_image_tokens,
                 "pad_token_id": self.pad_token_id,
                 "eos_token_id": self.eos_token_id,
                 "bos_token_id": self.bos_token_id,
             },
         }
+
+
+def _text_model_fields(text: GemmaConfig) -> dict[str, Any]:
+    """The ``text_config`` keys that name the decoder: its model_type and activation (keyed differently)."""
+    if isinstance(text, Gemma2Config):
+        return {"model_type": "gemma2", "hidden_activation": "gelu_pytorch_tanh", "layer_types": list(text.layer_types)}
+    return {"model_type": "gemma", "hidden_act": "gelu_pytorch_tanh"}
 
 
 def load_config(folder: str | Path) -> PaliGemmaConfig:
@@ -299,6 +417,21 @@ _HF_PALIGEMMA_TEXT_DEFAULTS = {
     "num_key_value_heads": 1,
     "vocab_size": 257152,
 }
+_HF_GEMMA2_CLASS_DEFAULTS = {
+    **_HF_GEMMA_CLASS_DEFAULTS,
+    "hidden_size": 2304,
+    "intermediate_size": 9216,
+    "num_hidden_layers": 26,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "query_pre_attn_scalar": 256,
+    "attn_logit_softcapping": 50.0,
+    "final_logit_softcapping": 30.0,
+    "sliding_window": 4096,
+    "layer_types": None,
+}
+# Keys whose null in config.json means "off", not "missing": a softcap of None caps nothing.
+_NULLABLE_GEMMA2_FIELDS = ("attn_logit_softcapping", "final_logit_softcapping", "layer_types")
 _HF_SIGLIP_CLASS_DEFAULTS = {
     "hidden_size": 768,
     "intermediate_size": 3072,
@@ -327,16 +460,22 @@ def _text_config_from_hf(text: dict[str, Any] | None) -> GemmaConfig:
         return GemmaConfig(**_HF_PALIGEMMA_TEXT_DEFAULTS)
     if not isinstance(text, dict):
         raise TypeError(f"text_config must be a JSON object, got {type(text).__name__}")
-    if text.get("model_type", "gemma") != "gemma":
+    model_type = text.get("model_type", "gemma")
+    if model_type not in ("gemma", "gemma2"):
         raise ValueError(
-            f"text_config.model_type must be 'gemma' (PaliGemma 1), got {text['model_type']!r}; "
-            "PaliGemma 2 (gemma2) is not supported"
+            f"text_config.model_type must be 'gemma' (PaliGemma 1) or 'gemma2' (PaliGemma 2), got {model_type!r}"
         )
-    if text.get("hidden_act", "gelu_pytorch_tanh") not in _TANH_GELU:
-        raise ValueError(f"text_config.hidden_act must be 'gelu_pytorch_tanh', got {text['hidden_act']!r}")
+    activation_key = "hidden_activation" if model_type == "gemma2" else "hidden_act"
+    if text.get(activation_key, "gelu_pytorch_tanh") not in _TANH_GELU:
+        raise ValueError(f"text_config.{activation_key} must be 'gelu_pytorch_tanh', got {text[activation_key]!r}")
     if text.get("attention_bias", False):
         raise ValueError("text_config.attention_bias=true is not supported: Gemma's projections have no bias")
-    values = {key: text[key] for key in _HF_GEMMA_CLASS_DEFAULTS if text.get(key) is not None}
+    defaults = _HF_GEMMA2_CLASS_DEFAULTS if model_type == "gemma2" else _HF_GEMMA_CLASS_DEFAULTS
+    values = {key: text[key] for key in defaults if text.get(key) is not None}
+    if model_type == "gemma2":
+        if "sliding_window" in text and text["sliding_window"] is None:
+            raise ValueError("text_config.sliding_window=null is not supported: Gemma 2 needs a window")
+        values.update({key: None for key in _NULLABLE_GEMMA2_FIELDS if key in text and text[key] is None})
     rope = text.get("rope_parameters") or text.get("rope_scaling")
     if rope is not None:
         if not isinstance(rope, dict):
@@ -351,7 +490,8 @@ def _text_config_from_hf(text: dict[str, Any] | None) -> GemmaConfig:
                     f"({rope['rope_theta']!r}) disagree"
                 )
             values["rope_theta"] = rope["rope_theta"]
-    return GemmaConfig(**{**_HF_GEMMA_CLASS_DEFAULTS, **values})
+    config_class = Gemma2Config if model_type == "gemma2" else GemmaConfig
+    return config_class(**{**defaults, **values})
 
 
 def _vision_config_from_hf(vision: dict[str, Any] | None) -> SiglipVisionConfig:
@@ -377,17 +517,20 @@ def _check_numbers(config: SiglipVisionConfig | GemmaConfig | PaliGemmaConfig, w
     """Refuse any field that is not the number its annotation names, or is one out of range.
 
     An ``int`` field takes an int that is not a bool, positive unless it is a token id (those are
-    checked against the vocabulary). A ``float`` field takes a finite positive int or float, not a bool.
+    checked against the vocabulary). A ``float`` field takes a finite positive int or float, not a bool;
+    a ``float | None`` field takes the same, or None.
     """
     prefix = f"{where}." if where else ""
     for f in fields(config):
         name, value = prefix + f.name, getattr(config, f.name)
+        if f.type == "float | None" and value is None:
+            continue
         if f.type == "int":
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an int, got {value!r}")
             if value < 1 and f.name not in TOKEN_ID_FIELDS:
                 raise ValueError(f"{name} must be positive, got {value}")
-        elif f.type == "float":
+        elif f.type in ("float", "float | None"):
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise TypeError(f"{name} must be a number, got {value!r}")
             if not (math.isfinite(value) and value > 0):  # written so that nan fails it

@@ -51,6 +51,9 @@ class GemmaAttention(nn.Module):
         super().__init__()
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim, self.use_sdpa = config.head_dim, use_sdpa
+        # What the scores are multiplied by, and their soft-cap: Gemma 2 sets both differently.
+        self.scale: float = config.head_dim**-0.5
+        self.softcap: float | None = None
         self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
@@ -89,10 +92,11 @@ class GemmaAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # rotated by their positions
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)  # (B, K, S, H): the earlier tokens' too
+        numbers = {"scale": self.scale, "softcap": self.softcap}
         if attentions is None:
-            out = attention(q, k, v, mask, use_sdpa=self.use_sdpa)  # (B, N, T, H)
+            out = attention(q, k, v, mask, use_sdpa=self.use_sdpa, **numbers)  # (B, N, T, H)
         else:
-            out, weights = attention(q, k, v, mask, return_weights=True)  # (B, N, T, H), (B, N, T, S)
+            out, weights = attention(q, k, v, mask, return_weights=True, **numbers)  # (B, N, T, H), (B, N, T, S)
             attentions.append(weights)
         out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)  # (B, T, N*H)
         return self.o_proj(out)  # (B, T, D)
@@ -130,8 +134,18 @@ class GemmaModel(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(GemmaDecoderLayer(config, use_sdpa) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(
+            self.make_layer(config, index, use_sdpa) for index in range(config.num_hidden_layers)
+        )
         self.norm = GemmaRMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def make_layer(self, config: GemmaConfig, index: int, use_sdpa: bool) -> nn.Module:
+        """Decoder layer ``index``: Gemma's layers are all alike (Gemma 2's are not, see gemma2.py)."""
+        return GemmaDecoderLayer(config, use_sdpa)
+
+    def is_sliding(self, index: int) -> bool:
+        """Whether layer ``index`` takes the sliding-window mask: never in Gemma, every layer sees the whole context."""
+        return False
 
     def forward(
         self,
@@ -140,6 +154,7 @@ class GemmaModel(nn.Module):
         position_ids: torch.Tensor,
         kv_cache: KVCache | None = None,
         attentions: list[torch.Tensor] | None = None,
+        sliding_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KVCache | None, list[torch.Tensor]]:
         """Run the decoder on embeddings (unscaled, as ``embed_tokens`` returns them).
 
@@ -150,6 +165,8 @@ class GemmaModel(nn.Module):
             kv_cache: the cache holding S - T earlier tokens, or None.
             attentions: a list to append every layer's attention weights float[B, N, T, S] to, in
                 order (the explicit path, even with SDPA); None: none are formed.
+            sliding_mask: bool[B, 1, T, S] for the layers where ``is_sliding`` (Gemma 2), from
+                ``masks.decoder_mask(..., sliding_window=W)``; unused by Gemma.
         Returns:
             (final normed states float[B, T, D], the cache advanced by T (or None),
             hidden states: the scaled input, then every layer's output).
@@ -163,7 +180,8 @@ class GemmaModel(nn.Module):
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
         hidden_states = [x]
         for index, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, kv_cache, index, attentions)
+            layer_mask = sliding_mask if self.is_sliding(index) else mask
+            x = layer(x, cos, sin, layer_mask, kv_cache, index, attentions)
             hidden_states.append(x)
         if kv_cache is not None:
             kv_cache = kv_cache.advance(inputs_embeds.shape[1])
@@ -173,9 +191,11 @@ class GemmaModel(nn.Module):
 class GemmaForCausalLM(nn.Module):
     """The decoder plus an output head that reuses the embedding matrix (weight tying)."""
 
+    decoder_class: type[GemmaModel] = GemmaModel  # Gemma 2's is Gemma2Model
+
     def __init__(self, config: GemmaConfig, use_sdpa: bool = False):
         super().__init__()
-        self.model = GemmaModel(config, use_sdpa)
+        self.model = self.decoder_class(config, use_sdpa)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
 
@@ -191,13 +211,14 @@ class GemmaForCausalLM(nn.Module):
         kv_cache: KVCache | None = None,
         logits_to_keep: int | None = None,
         attentions: list[torch.Tensor] | None = None,
+        sliding_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KVCache | None, list[torch.Tensor]]:
         """As ``GemmaModel.forward``, but returns logits float[B, T, V] in place of the final states.
 
         ``logits_to_keep=n`` applies the output head to the last n positions only (logits
         float[B, n, V]): generation needs the last one, and the head is a V x D matrix product.
         """
-        x, kv_cache, hidden_states = self.model(inputs_embeds, mask, position_ids, kv_cache, attentions)
+        x, kv_cache, hidden_states = self.model(inputs_embeds, mask, position_ids, kv_cache, attentions, sliding_mask)
         if logits_to_keep is not None:
             x = x[:, -logits_to_keep:]  # (B, n, D)
         return self.lm_head(x), kv_cache, hidden_states

@@ -1,6 +1,7 @@
 """PaliGemma: SigLIP sees the image, a linear projector translates, Gemma reads and writes.
 
-Book chapter: "Assembling PaliGemma" (Beyer et al. 2024, section 3).
+Book chapter: "Assembling PaliGemma" (Beyer et al. 2024, section 3). PaliGemma 2 (Steiner et al.
+2024) is the same model with a Gemma 2 decoder (``gemma2.py``), chosen by the config's class.
 
 The forward pass is split into the steps the chapter names (as big_vision's ``embed_image``,
 ``embed_text``, ``embed_image_and_text``), and its arguments mean what they mean in transformers'
@@ -26,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pgemma.config import IGNORE_INDEX, PaliGemmaConfig
+from pgemma.config import IGNORE_INDEX, Gemma2Config, PaliGemmaConfig
 from pgemma.gemma import GemmaForCausalLM
+from pgemma.gemma2 import Gemma2ForCausalLM
 from pgemma.kv_cache import KVCache
 from pgemma.masks import decoder_mask
 from pgemma.siglip import SiglipVisionModel
@@ -76,7 +78,8 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         self.config = config
         self.vision_tower = SiglipVisionModel(config.vision_config, use_sdpa)
         self.multi_modal_projector = MultiModalProjector(config)
-        self.language_model = GemmaForCausalLM(config.text_config, use_sdpa)
+        decoder_class = Gemma2ForCausalLM if isinstance(config.text_config, Gemma2Config) else GemmaForCausalLM
+        self.language_model = decoder_class(config.text_config, use_sdpa)
 
     @property
     def num_image_tokens(self) -> int:
@@ -164,10 +167,11 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         mask = decoder_mask(
             length, cache_length + length, attention_mask, token_type_ids, batch, input_ids.device
         )  # (B, 1, T, S)
+        sliding_mask = self.sliding_mask(length, cache_length + length, attention_mask, token_type_ids, batch)
         if labels is not None and logits_to_keep is not None:
             raise ValueError("the loss needs the logits of every position: pass logits_to_keep=None with labels")
         logits, kv_cache, decoder_states = self.language_model(
-            inputs_embeds, mask, position_ids, kv_cache, logits_to_keep, decoder_attentions
+            inputs_embeds, mask, position_ids, kv_cache, logits_to_keep, decoder_attentions, sliding_mask
         )
         loss = None
         if labels is not None:
@@ -203,8 +207,33 @@ class PaliGemmaForConditionalGeneration(nn.Module):
         mask = None
         if attention_mask is not None:
             mask = decoder_mask(1, attention_mask.shape[1], attention_mask)  # (B, 1, 1, S): every real key
-        logits, kv_cache, _ = self.language_model(inputs_embeds, mask, position_ids, kv_cache, logits_to_keep=1)
+        batch, key_length = new_ids.shape[0], kv_cache.length + 1
+        sliding_mask = self.sliding_mask(1, key_length, attention_mask, None, batch)  # (B, 1, 1, S) or None
+        logits, kv_cache, _ = self.language_model(
+            inputs_embeds, mask, position_ids, kv_cache, logits_to_keep=1, sliding_mask=sliding_mask
+        )
         return PaliGemmaOutput(logits, kv_cache, None)
+
+    def sliding_mask(
+        self,
+        query_length: int,
+        key_length: int,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        batch_size: int,
+    ) -> torch.Tensor | None:
+        """The mask of a Gemma 2 decoder's sliding-window layers, bool[B, 1, T, S]; None for Gemma.
+
+        As ``masks.decoder_mask`` with the same arguments, the causal part limited to the last
+        ``sliding_window`` keys of each query (the prefix still sees all of itself).
+        """
+        text = self.config.text_config
+        if not isinstance(text, Gemma2Config):
+            return None
+        device = self.multi_modal_projector.linear.weight.device
+        return decoder_mask(
+            query_length, key_length, attention_mask, token_type_ids, batch_size, device, text.sliding_window
+        )
 
     def _check_inputs(
         self,

@@ -18,12 +18,18 @@ from pgemma.paligemma import PaliGemmaForConditionalGeneration
 
 
 def build_reference_checkpoint(
-    path: str | Path, config: PaliGemmaConfig, seed: int = 0, dtype: torch.dtype = torch.float32
+    path: str | Path,
+    config: PaliGemmaConfig,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    weight_std: float | None = None,
 ) -> Any:
     """Write a randomly initialized transformers ``PaliGemmaForConditionalGeneration`` to ``path``.
 
     Norm weights and biases are randomized too (transformers starts them at 0 or 1), so that a
-    forgotten ``1 + weight`` or bias cannot hide. Nothing is downloaded.
+    forgotten ``1 + weight`` or bias cannot hide. ``weight_std`` redraws every matrix from
+    N(0, weight_std) (transformers draws them with a standard deviation of 0.02): with 0.1, attention
+    scores and logits grow large enough for Gemma 2's soft-caps to change them. Nothing is downloaded.
 
     Returns:
         The transformers model, in eval mode.
@@ -40,6 +46,8 @@ def build_reference_checkpoint(
                 if param.ndim == 1:
                     center = 1.0 if isinstance(module, nn.LayerNorm) and name == "weight" else 0.0
                     param.copy_(center + 0.1 * torch.randn(param.shape, generator=generator))
+                elif weight_std is not None:
+                    param.copy_(weight_std * torch.randn(param.shape, generator=generator))
     model = model.to(dtype).eval()
     model.save_pretrained(path)
     return model

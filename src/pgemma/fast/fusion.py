@@ -103,6 +103,7 @@ class FusedGemmaAttention(GemmaAttention):
     def from_attention(cls, attention: GemmaAttention, config: GemmaConfig) -> FusedGemmaAttention:
         """``attention`` (made from ``config``) with its q/k/v weights stacked; same layers and Parameters."""
         fused = _same_layers(cls, attention, config, attention.use_sdpa)
+        fused.scale, fused.softcap = attention.scale, attention.softcap  # Gemma 2's differ from Gemma's
         fused.qkv = FusedProjections([fused.q_proj, fused.k_proj, fused.v_proj])
         return fused
 
