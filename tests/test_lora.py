@@ -66,9 +66,9 @@ def test_only_lora_matrices_are_trainable(configs, random_model):
     ]
     trainable = [name for name, param in model.named_parameters() if param.requires_grad]
     assert all(name.endswith(("lora_A", "lora_B")) for name in trainable) and len(trainable) == 2 * len(names)
-    per_layer = 2 * (text.hidden_size + text.num_attention_heads * text.head_dim) + 2 * (
-        text.intermediate_size + text.hidden_size
-    )
+    q_proj_shape = (text.hidden_size, text.num_attention_heads * text.head_dim)  # (in, out)
+    down_proj_shape = (text.intermediate_size, text.hidden_size)
+    per_layer = 2 * sum(q_proj_shape) + 2 * sum(down_proj_shape)  # r (in + out) numbers per wrapped layer
     assert trainable_parameters(model) == text.num_hidden_layers * per_layer
     wrapped = model.language_model.model.layers[0].self_attn.q_proj
     assert isinstance(wrapped, LoRALinear) and wrapped.weight is q_proj.weight  # the base Parameter, kept
@@ -94,13 +94,15 @@ def test_unmerge_restores_the_base_weights(configs, random_model, make_inputs):
     model = _adapted(random_model, config, targets=["o_proj", "gate_proj"])
     before = {name: param.clone() for name, param in model.state_dict().items()}
     adapted = _logits(model, inputs)
-    layers = [module for module in model.modules() if isinstance(module, LoRALinear)]
-    for layer in layers:
+    layers = {name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)}
+    for layer in layers.values():
         layer.merge()
     assert (_logits(model, inputs) - adapted).abs().max() <= 1e-5
+    first = next(iter(layers))
+    assert not torch.allclose(layers[first].weight, before[f"{first}.weight"], atol=1e-3)  # merged in place
     with pytest.raises(RuntimeError, match="merged already"):
-        layers[0].merge()
-    for layer in layers:
+        layers[first].merge()
+    for layer in layers.values():
         layer.unmerge()
     for name, param in model.state_dict().items():
         torch.testing.assert_close(param, before[name], rtol=0, atol=1e-6)

@@ -171,7 +171,8 @@ def merge_lora(model: nn.Module) -> list[str]:
 
     The model is changed in place and computes what the adapted one did, up to float rounding, at the
     base model's cost. Its parameters stay frozen (``requires_grad`` False). Returns the names of the
-    merged layers.
+    merged layers. Merge before ``pgemma.fast.prepare_for_speed``: its fused projections stack the
+    layers' ``weight`` only, so they would leave an unmerged update out.
     """
     names = []
     for name, layer in _lora_layers(model).items():
