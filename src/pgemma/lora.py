@@ -5,10 +5,10 @@ Language Models", section 4.1.
 
 A linear layer ``y = x W^T`` keeps ``W`` (out x in) frozen and learns a low-rank update beside it:
 ``y = x W^T + (x A^T B^T) * alpha / r``, with ``A`` (r x in) and ``B`` (out x r) and a rank r far below
-in and out, so a few percent of the weights are trained. ``B`` starts at zero, so the adapted model
-starts equal to the base; ``A`` starts random (kaiming-uniform, as PEFT draws it), so ``B``'s first
-gradient is not zero. Merging folds ``B A * alpha / r`` into ``W``: the model is then exactly as fast
-as before, with the update learned.
+in and out: r = 8 on every linear layer of PaliGemma 3B's decoder trains 9.8M numbers, 0.3% of the
+model. ``B`` starts at zero, so the adapted model starts equal to the base; ``A`` starts random
+(kaiming-uniform, as PEFT draws it), so ``B``'s first gradient is not zero. Merging folds
+``B A * alpha / r`` into ``W``: the model is then exactly as fast as before, with the update learned.
 
 The adapter files are PEFT's (``adapter_config.json`` + ``adapter_model.safetensors``): an adapter
 trained here loads with ``peft.PeftModel.from_pretrained`` onto transformers' PaliGemma, and one made
