@@ -43,18 +43,22 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 WEIGHT_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
 COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
+# transformers' own names since version 5, in memory: (their prefix, ours). PEFT's adapter files use them.
+TRANSFORMERS_RENAMES = (
+    ("model.vision_tower.", "vision_tower.vision_model."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("model.language_model.", "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
+)
 # (prefix in a file, prefix in pgemma); the first match wins.
 KEY_RENAMES = (
     ("vision_tower.vision_model.", "vision_tower.vision_model."),  # hub, transformers <= 4.51
     ("model.vision_tower.vision_model.", "vision_tower.vision_model."),
-    ("model.vision_tower.", "vision_tower.vision_model."),  # transformers >= 5 in memory
     ("vision_tower.", "vision_tower.vision_model."),  # transformers >= 5.6 saving a model built from a config
     ("multi_modal_projector.", "multi_modal_projector."),
-    ("model.multi_modal_projector.", "multi_modal_projector."),
     ("language_model.model.", "language_model.model."),  # hub
-    ("model.language_model.", "language_model.model."),  # transformers >= 4.52 in memory
     ("language_model.lm_head.", "language_model.lm_head."),
-    ("lm_head.", "language_model.lm_head."),  # transformers >= 4.52 in memory
+    *TRANSFORMERS_RENAMES,  # after the longer "model.vision_tower.vision_model." above
 )
 EMBED_KEY = "language_model.model.embed_tokens.weight"
 HEAD_KEY = "language_model.lm_head.weight"  # tied to the embedding; usually absent from files
