@@ -267,3 +267,16 @@ def test_an_adapter_saved_by_peft_loads_into_pgemma(config_name, config, referen
     ours = _logits(model, inputs)
     assert (ours - _logits(load_model(path), inputs)).abs().max() > 1e-2
     assert (ours - _logits(theirs, inputs)).abs().max() <= 1e-5
+
+
+def test_speeding_up_refuses_unmerged_adapters_and_keeps_merged_ones(configs, random_model, make_inputs):
+    from pgemma.fast import prepare_for_speed
+
+    config = configs["multi_query"]
+    inputs = make_inputs(config)
+    model = _adapted(random_model, config)
+    with pytest.raises(ValueError, match="merge_lora"):
+        prepare_for_speed(model)
+    adapted = _logits(model, inputs)
+    merge_lora(model)
+    assert (_logits(prepare_for_speed(model), inputs) - adapted).abs().max() <= 1e-5

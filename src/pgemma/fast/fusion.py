@@ -41,6 +41,7 @@ from torch import nn
 
 from pgemma.config import GemmaConfig
 from pgemma.gemma import GemmaAttention, GemmaMLP, GemmaModel
+from pgemma.lora import LoRALinear
 
 # Groups with more weights than this (e.g. 1024 x 1024) stay separate layers.
 FUSE_MAX_WEIGHTS = 2**20
@@ -148,7 +149,17 @@ def fuse_projections(model: nn.Module, max_weights: int = FUSE_MAX_WEIGHTS) -> n
 
     Works in place and returns ``model``; Parameters, their names and the state dict are unchanged.
     Call it after moving or casting the model, as the last step before generating.
+
+    Raises:
+        ValueError: when the model holds LoRA adapters not merged yet: the stacked product reads the
+            base weights only and would drop them (merge first with ``pgemma.lora.merge_lora``).
     """
+    adapted = [name for name, module in model.named_modules() if isinstance(module, LoRALinear)]
+    if adapted:
+        raise ValueError(
+            f"{len(adapted)} layers carry LoRA adapters (e.g. {adapted[0]}); fused projections would "
+            "drop them: call pgemma.lora.merge_lora(model) first"
+        )
     for decoder in [module for module in model.modules() if isinstance(module, GemmaModel)]:
         for layer in decoder.layers:
             attention, mlp = layer.self_attn, layer.mlp
