@@ -406,3 +406,12 @@ def test_paligemma2_presets_have_the_published_decoder_sizes(size):
 def test_paligemma2_preset_refuses_unknown_sizes():
     with pytest.raises(ValueError, match="sizes 3b, 10b, 28b and image sizes 224, 448, 896; got '2b' and 224"):
         PaliGemmaConfig.paligemma2("2b")
+
+
+@pytest.mark.parametrize("decoder", ["llama", "gemma3_text", None])
+def test_a_decoder_that_is_neither_gemma_nor_gemma2_is_refused_by_name(decoder, tmp_path):
+    config = PaliGemmaConfig.tiny().to_hf_dict()
+    config["text_config"]["model_type"] = decoder
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config.json: text_config.model_type must be 'gemma' .* got"):
+        load_config(tmp_path)
