@@ -33,18 +33,20 @@ def token_kinds(num_image_tokens: int, prefix_length: int, suffix_length: int, p
     return kinds
 
 
-def kinds_to_mask(kinds: list[str], prefix_lm: bool = True) -> torch.Tensor:
+def kinds_to_mask(kinds: list[str], prefix_lm: bool = True, sliding_window: int | None = None) -> torch.Tensor:
     """The decoder's mask for a sequence of token kinds, via ``pgemma.masks.decoder_mask``.
 
     Args:
         kinds: letters from ``token_kinds``.
         prefix_lm: PaliGemma's prefix-LM mask; False gives the causal mask of an ordinary LLM.
+        sliding_window: W for the mask of Gemma 2's sliding-window layers; None: the whole context.
     Returns:
         bool[T, T], rows are queries and columns keys.
     """
     attention_mask = torch.tensor([[0 if kind == "x" else 1 for kind in kinds]])  # (1, T)
     token_type_ids = torch.tensor([[1 if kind == "s" else 0 for kind in kinds]])  # (1, T)
-    mask = decoder_mask(len(kinds), len(kinds), attention_mask, token_type_ids if prefix_lm else None)  # (1, 1, T, T)
+    types = token_type_ids if prefix_lm else None
+    mask = decoder_mask(len(kinds), len(kinds), attention_mask, types, sliding_window=sliding_window)  # (1, 1, T, T)
     return mask[0, 0]
 
 
