@@ -103,6 +103,25 @@ def test_every_key_layout_gives_identical_logits(source, inputs, tmp_path):
         assert torch.equal(_logits(load_model(path), inputs), expected), name
 
 
+def test_every_key_layout_of_a_paligemma2_checkpoint_gives_identical_logits(
+    reference_checkpoint, paligemma2_configs, make_inputs, tmp_path
+):
+    source = reference_checkpoint("gemma2_grouped_query")
+    inputs = make_inputs(paligemma2_configs["gemma2_grouped_query"], seed=11)
+    del inputs["labels"]
+    expected = _logits(load_model(source), inputs)
+    layouts = {
+        "hub": _rewrite(source, tmp_path / "hub", _hub),
+        "in_memory": _rewrite(source, tmp_path / "memory", _in_memory),
+        "sharded": _rewrite(source, tmp_path / "sharded", _hub, shards=3),
+    }
+    for name, path in layouts.items():
+        assert torch.equal(_logits(load_model(path), inputs), expected), name
+    saved = tmp_path / "saved"
+    save_pretrained(load_model(source), saved)
+    assert torch.equal(_logits(load_model(saved), inputs), expected), "saved by pgemma"
+
+
 def test_loaded_model_is_tied_in_eval_mode_and_on_no_meta_tensor(source):
     model = load_model(source)
     assert model.language_model.lm_head.weight is model.language_model.model.embed_tokens.weight

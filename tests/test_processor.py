@@ -147,6 +147,19 @@ def test_from_config(tokenizer):
     assert (processor.image_size, processor.num_image_tokens, processor.max_length) == (32, 16, 300)
 
 
+@pytest.mark.parametrize("image_size, image_tokens", [(224, 256), (448, 1024), (896, 4096)])
+def test_the_processor_of_paligemma2_at_each_resolution(tokenizer, image_size, image_tokens):
+    released = PaliGemmaConfig.paligemma2("3b", image_size)
+    assert released.num_image_tokens == image_tokens
+    # The released vision tower and image tokens, with this test tokenizer's ids and vocabulary.
+    text = dataclasses.replace(released.text_config, vocab_size=tokenizer.vocab_size)
+    ids = {"pad_token_id": tokenizer.pad_id, "eos_token_id": tokenizer.eos_id, "bos_token_id": tokenizer.bos_id}
+    config = dataclasses.replace(released, text_config=text, image_token_index=tokenizer.image_id, **ids)
+    batch = PaliGemmaProcessor.from_config(config, tokenizer)(random_images()[0], "caption en")
+    assert batch.pixel_values.shape == (1, 3, image_size, image_size)
+    assert (batch.input_ids == tokenizer.image_id).sum() == image_tokens
+
+
 def test_from_config_refuses_a_tokenizer_of_another_model(tokenizer):
     with pytest.raises(ValueError, match="image_token_index is 5 but the tokenizer's <image> is 4; the tokenizer"):
         PaliGemmaProcessor.from_config(checkpoint_config(tokenizer, image_token_index=5), tokenizer)
