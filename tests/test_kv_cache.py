@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgemma.config import GemmaConfig
+from pgemma.config import Gemma2Config, GemmaConfig
 from pgemma.kv_cache import KVCache
 from pgemma.masks import decoder_mask
 
@@ -95,6 +95,42 @@ def test_bytes_needed_is_what_empty_allocates():
         assert KVCache.bytes_needed(config, 3, 17, dtype) == allocated
     # 2 (keys, values) * 2 layers * 1 kv head * 16 dims * 4 bytes = 256 bytes per token.
     assert KVCache.bytes_needed(config, 1, 10**9) == 256 * 10**9
+
+
+def test_sliding_layers_hold_at_most_the_window():
+    config = Gemma2Config.tiny()  # window 4; layers alternate sliding, full
+    cache = KVCache.empty(config, batch_size=2, max_length=10)
+    slots = [keys.shape[2] for keys in cache.keys]
+    assert slots == [4 if config.is_sliding(i) else 10 for i in range(config.num_hidden_layers)]
+    assert [values.shape for values in cache.values] == [keys.shape for keys in cache.keys]
+    assert cache.max_length == 10
+    short = KVCache.empty(config, batch_size=2, max_length=3)  # a context shorter than the window
+    assert [keys.shape[2] for keys in short.keys] == [3] * config.num_hidden_layers
+
+
+def test_a_sliding_layer_keeps_its_last_tokens_oldest_first():
+    cache = KVCache.empty(Gemma2Config.tiny(), batch_size=1, max_length=10)  # layer 0 slides, window 4
+    tokens = torch.randn(1, 1, 10, 16)  # (B, K, S, H)
+    keys, values = cache.update(0, tokens[:, :, :6], -tokens[:, :, :6])  # a prompt longer than the window
+    assert torch.equal(keys, tokens[:, :, :6]) and torch.equal(values, -tokens[:, :, :6])
+    assert torch.equal(cache.keys[0], tokens[:, :, 2:6])  # the window of the next query
+    cache = cache.advance(6)
+    assert (cache.key_length(0, 1), cache.key_length(1, 1)) == (5, 7)
+    keys, values = cache.update(0, tokens[:, :, 6:8], -tokens[:, :, 6:8])
+    assert torch.equal(keys, tokens[:, :, 2:8]) and torch.equal(values, -tokens[:, :, 2:8])
+    assert torch.equal(cache.keys[0], tokens[:, :, 4:8]) and torch.equal(cache.values[0], -tokens[:, :, 4:8])
+
+
+def test_bytes_needed_counts_the_window_of_sliding_layers():
+    config = Gemma2Config.tiny()
+    for max_length in (3, 17):
+        cache = KVCache.empty(config, batch_size=3, max_length=max_length)
+        allocated = sum(t.numel() * t.element_size() for t in (*cache.keys, *cache.values))
+        assert KVCache.bytes_needed(config, 3, max_length) == allocated
+    # PaliGemma 2 3B at 896 px: 13 of 26 layers keep 4096 of 8192 tokens, a quarter less.
+    gemma2 = Gemma2Config.gemma2_2b()
+    full = 2 * 26 * 4 * 256 * 2 * 8192  # keys and values, layers, kv heads, head dim, bfloat16 bytes, tokens
+    assert KVCache.bytes_needed(gemma2, 1, 8192, torch.bfloat16) == full * 3 // 4
 
 
 def test_an_allocation_failure_names_the_bytes(monkeypatch):

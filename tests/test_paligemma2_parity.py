@@ -141,6 +141,34 @@ def test_cached_decoding_equals_recomputation_past_the_window(
     torch.testing.assert_close(cached, full[:, prompt - 1 : length - 1], rtol=1e-5, atol=1e-5)
 
 
+def test_a_chunk_after_a_windowed_cache_equals_recomputation(
+    name, reference_checkpoint, paligemma2_configs, make_inputs
+):
+    """Several new tokens at once after the cache: each sliding layer's mask keeps its cache's last columns."""
+    config = paligemma2_configs[name]
+    window = config.text_config.sliding_window
+    model = load_model(reference_checkpoint(name))
+    inputs = make_inputs(config, seed=7, suffix=3 * window)
+    ids, mask, types = inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]
+    batch, length = ids.shape
+    prompt = int((types == 0).sum(dim=1).min())
+    positions = torch.arange(length)[None] + 1
+    with torch.no_grad():
+        full = model(ids, inputs["pixel_values"], mask, types).logits
+        cache = KVCache.empty(config.text_config, batch, length)
+        output = model(ids[:, :prompt], inputs["pixel_values"], mask[:, :prompt], types[:, :prompt], kv_cache=cache)
+        pieces = [output.logits]
+        for start in range(prompt, length, window + 1):  # chunks longer than the window
+            end = min(start + window + 1, length)
+            chunk = (ids[:, start:end], None, mask[:, :end], types[:, start:end], positions[:, start:end])
+            output = model(*chunk, kv_cache=output.kv_cache)
+            pieces.append(output.logits)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
+    text = config.text_config
+    slots = [keys.shape[2] for keys in output.kv_cache.keys]
+    assert slots == [window if text.is_sliding(i) else length for i in range(text.num_hidden_layers)]
+
+
 def test_decode_step_without_padding_still_slides(reference_checkpoint, paligemma2_configs, make_inputs):
     """With no padding the full layers need no mask, the sliding ones still do."""
     name = "gemma2_multi_query"

@@ -164,9 +164,12 @@ class GemmaModel(nn.Module):
             position_ids: int[B, T] RoPE positions.
             kv_cache: the cache holding S - T earlier tokens, or None.
             attentions: a list to append every layer's attention weights float[B, N, T, S] to, in
-                order (the explicit path, even with SDPA); None: none are formed.
+                order (the explicit path, even with SDPA; a sliding layer's S is its cache's
+                ``key_length``); None: none are formed.
             sliding_mask: bool[B, 1, T, S] for the layers where ``is_sliding`` (Gemma 2), from
-                ``masks.decoder_mask(..., sliding_window=W)``; unused by Gemma.
+                ``masks.decoder_mask(..., sliding_window=W)``; unused by Gemma. With a cache, such a
+                layer attends to the last ``kv_cache.key_length(layer, T)`` keys only (the cache
+                keeps its window), and so to the mask's last columns: no query may see older keys.
         Returns:
             (final normed states float[B, T, D], the cache advanced by T (or None),
             hidden states: the scaled input, then every layer's output).
@@ -181,6 +184,9 @@ class GemmaModel(nn.Module):
         hidden_states = [x]
         for index, layer in enumerate(self.layers):
             layer_mask = sliding_mask if self.is_sliding(index) else mask
+            if layer_mask is not None and kv_cache is not None:
+                # A sliding layer's cache keeps only its window: its keys are the mask's last columns.
+                layer_mask = layer_mask[..., -kv_cache.key_length(index, inputs_embeds.shape[1]) :]
             x = layer(x, cos, sin, layer_mask, kv_cache, index, attentions)
             hidden_states.append(x)
         if kv_cache is not None:

@@ -12,7 +12,7 @@ Book chapter: "Assembling PaliGemma" (Gemma Team 2024b, "Gemma 2", section 2; St
    ``use_sdpa=True`` still computes these layers on the explicit path;
 3. the layers ``layer_types`` marks ``"sliding_attention"`` attend through a window of the last
    ``sliding_window`` keys (the mask ``masks.decoder_mask(..., sliding_window=W)``, given as
-   ``sliding_mask``); the cache still keeps every key of every layer (``kv_cache.KVCache``);
+   ``sliding_mask``), and the cache keeps only that window for them (``kv_cache.KVCache``);
 4. the output logits soft-capped by ``final_logit_softcapping``.
 """
 

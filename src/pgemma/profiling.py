@@ -150,7 +150,8 @@ def kv_cache_bytes(
         length: S, tokens held per row: image tokens + prompt + generated tokens.
         dtype: the dtype of the cached keys and values (the model's activation dtype).
     Returns:
-        2 * layers * B * K * S * H * bytes per element.
+        2 * layers * B * K * S * H * bytes per element; a Gemma 2 sliding-window layer counts
+        ``min(S, sliding_window)`` tokens in place of S.
     """
     if isinstance(config, PaliGemmaConfig):
         config = config.text_config
