@@ -98,6 +98,18 @@ PALIGEMMA2_CONFIGS = {
             layer_types=(FULL_ATTENTION, SLIDING_ATTENTION, SLIDING_ATTENTION),
         ),
     ),
+    # Multi-head attention and a window longer than every test sequence: sliding layers see it all.
+    "gemma2_wide_window": replace(
+        CONFIGS["multi_head"],
+        text_config=Gemma2Config(
+            **{name: getattr(CONFIGS["multi_head"].text_config, name) for name in GemmaConfig.__dataclass_fields__},
+            query_pre_attn_scalar=16,
+            attn_logit_softcapping=20.0,
+            final_logit_softcapping=10.0,
+            sliding_window=80,
+            layer_types=(SLIDING_ATTENTION, FULL_ATTENTION),
+        ),
+    ),
 }
 
 # The text the small tokenizers are trained on: prompts, answers, <loc> tokens and plain sentences.

@@ -244,3 +244,30 @@ def test_bfloat16_matches_transformers_bit_for_bit(reference_checkpoint, paligem
     # D = 64: sqrt(D) is a power of two, so where the image is scaled rounds the same (see the
     # PaliGemma 1 test): bit-identical.
     assert torch.equal(ours, theirs)
+
+
+def test_a_window_longer_than_the_sequence_matches_transformers(
+    reference_checkpoint, reference_model, paligemma2_configs, make_inputs
+):
+    """Multi-head attention, both soft-caps, and a window no sequence reaches: sliding layers see it all."""
+    name = "gemma2_wide_window"
+    config = paligemma2_configs[name]
+    model, hf_model = load_model(reference_checkpoint(name)), reference_model(name)
+    inputs = make_inputs(config, seed=5, padding=(0, 2), suffix=8)
+    ids, mask, types = inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]
+    batch, length = ids.shape
+    assert length < config.text_config.sliding_window
+    with torch.no_grad():
+        ours, theirs = model(**inputs), hf_model(**inputs)
+        assert (ours.logits - theirs.logits).abs().max() <= 1e-5
+        torch.testing.assert_close(ours.loss, theirs.loss, rtol=1e-6, atol=1e-6)
+        prompt = int((types == 0).sum(dim=1).min())
+        positions = torch.arange(length)[None] + 1
+        cache = KVCache.empty(config.text_config, batch, length)
+        output = model(ids[:, :prompt], inputs["pixel_values"], mask[:, :prompt], types[:, :prompt], kv_cache=cache)
+        steps = [output.logits[:, -1]]
+        for t in range(prompt, length):
+            output = model.decode_step(ids[:, t : t + 1], mask[:, : t + 1], positions[:, t : t + 1], output.kv_cache)
+            steps.append(output.logits[:, -1])
+    cached = torch.stack(steps[:-1], dim=1)
+    torch.testing.assert_close(cached, ours.logits[:, prompt - 1 : length - 1], rtol=1e-5, atol=1e-5)
