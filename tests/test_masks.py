@@ -63,6 +63,21 @@ def batches(draw, max_batch: int = 3, max_length: int = 9):
     return torch.tensor(masks), torch.tensor(types)
 
 
+def transformers_prefill_mask(build, config, attention_mask, token_type_ids) -> torch.Tensor:
+    """The boolean mask transformers' PaliGemma builds with `build` for a prompt (no cache): image and
+    prefix (type 0) see each other both ways."""
+    config._attn_implementation = "sdpa"  # the boolean form of the mask
+    b, t = token_type_ids.shape
+    return build(
+        config=config,
+        inputs_embeds=torch.zeros(b, t, config.hidden_size),
+        attention_mask=attention_mask,
+        past_key_values=None,
+        position_ids=torch.arange(t)[None] + 1,
+        block_sequence_ids=torch.where(token_type_ids == 0, 0, -1),
+    )
+
+
 @settings(max_examples=30, deadline=None)
 @given(batch=batches())
 def test_matches_transformers_paligemma_mask(batch):
@@ -72,16 +87,8 @@ def test_matches_transformers_paligemma_mask(batch):
 
     attention_mask, token_type_ids = batch
     config = transformers.GemmaConfig(hidden_size=8, num_attention_heads=2, head_dim=4)
-    config._attn_implementation = "sdpa"  # the boolean form of the mask
-    b, t = token_type_ids.shape
-    theirs = create_causal_mask(
-        config=config,
-        inputs_embeds=torch.zeros(b, t, 8),
-        attention_mask=attention_mask,
-        past_key_values=None,
-        position_ids=torch.arange(t)[None] + 1,
-        block_sequence_ids=torch.where(token_type_ids == 0, 0, -1),
-    )
+    theirs = transformers_prefill_mask(create_causal_mask, config, attention_mask, token_type_ids)
+    t = token_type_ids.shape[1]
     assert torch.equal(decoder_mask(t, t, attention_mask, token_type_ids), theirs)
 
 
@@ -166,16 +173,8 @@ def test_sliding_mask_matches_transformers_paligemma2(batch, window):
 
     attention_mask, token_type_ids = batch
     config = transformers.Gemma2Config(hidden_size=8, num_attention_heads=2, head_dim=4, sliding_window=window)
-    config._attn_implementation = "sdpa"  # the boolean form of the mask
-    b, t = token_type_ids.shape
-    theirs = create_sliding_window_causal_mask(
-        config=config,
-        inputs_embeds=torch.zeros(b, t, 8),
-        attention_mask=attention_mask,
-        past_key_values=None,
-        position_ids=torch.arange(t)[None] + 1,
-        block_sequence_ids=torch.where(token_type_ids == 0, 0, -1),
-    )
+    theirs = transformers_prefill_mask(create_sliding_window_causal_mask, config, attention_mask, token_type_ids)
+    t = token_type_ids.shape[1]
     ours = decoder_mask(t, t, attention_mask, token_type_ids, sliding_window=window)
     if theirs is None:  # transformers skips a mask that lets every query see every key
         theirs = torch.ones_like(ours)

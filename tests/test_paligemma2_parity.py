@@ -118,6 +118,27 @@ def test_the_sliding_window_and_the_caps_change_the_logits(reference_checkpoint,
             assert (other.eval()(**inputs).logits - logits).abs().max() > 1e-4, change
 
 
+def prefill(model, config, inputs):
+    """Run the prompt (image + prefix) into an empty cache: (its output, prompt length, every position)."""
+    ids, mask, types = inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]
+    batch, length = ids.shape
+    prompt = int((types == 0).sum(dim=1).min())
+    cache = KVCache.empty(config.text_config, batch, length)
+    output = model(ids[:, :prompt], inputs["pixel_values"], mask[:, :prompt], types[:, :prompt], kv_cache=cache)
+    return output, prompt, torch.arange(length)[None] + 1
+
+
+def decoded_logits(model, config, inputs):
+    """Prefill, then one token at a time: the logits at positions prompt - 1 ... length - 2, and prompt."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    output, prompt, positions = prefill(model, config, inputs)
+    steps = [output.logits[:, -1]]
+    for t in range(prompt, ids.shape[1]):
+        output = model.decode_step(ids[:, t : t + 1], mask[:, : t + 1], positions[:, t : t + 1], output.kv_cache)
+        steps.append(output.logits[:, -1])
+    return torch.stack(steps[:-1], dim=1), prompt
+
+
 def test_cached_decoding_equals_recomputation_past_the_window(
     name, reference_checkpoint, paligemma2_configs, make_inputs
 ):
@@ -125,20 +146,10 @@ def test_cached_decoding_equals_recomputation_past_the_window(
     config = paligemma2_configs[name]
     model = load_model(reference_checkpoint(name))
     inputs = make_inputs(config, seed=4, suffix=3 * config.text_config.sliding_window)
-    ids, mask, types = inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]
-    batch, length = ids.shape
-    prompt = int((types == 0).sum(dim=1).min())
-    positions = torch.arange(length)[None] + 1
     with torch.no_grad():
-        full = model(ids, inputs["pixel_values"], mask, types).logits
-        cache = KVCache.empty(config.text_config, batch, length)
-        output = model(ids[:, :prompt], inputs["pixel_values"], mask[:, :prompt], types[:, :prompt], kv_cache=cache)
-        steps = [output.logits[:, -1]]
-        for t in range(prompt, length):
-            output = model.decode_step(ids[:, t : t + 1], mask[:, : t + 1], positions[:, t : t + 1], output.kv_cache)
-            steps.append(output.logits[:, -1])
-    cached = torch.stack(steps[:-1], dim=1)  # the logits at positions prompt - 1 ... length - 2
-    torch.testing.assert_close(cached, full[:, prompt - 1 : length - 1], rtol=1e-5, atol=1e-5)
+        full = model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"], inputs["token_type_ids"])
+        cached, prompt = decoded_logits(model, config, inputs)
+    torch.testing.assert_close(cached, full.logits[:, prompt - 1 : -1], rtol=1e-5, atol=1e-5)
 
 
 def test_a_chunk_after_a_windowed_cache_equals_recomputation(
@@ -150,13 +161,10 @@ def test_a_chunk_after_a_windowed_cache_equals_recomputation(
     model = load_model(reference_checkpoint(name))
     inputs = make_inputs(config, seed=7, suffix=3 * window)
     ids, mask, types = inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]
-    batch, length = ids.shape
-    prompt = int((types == 0).sum(dim=1).min())
-    positions = torch.arange(length)[None] + 1
+    length = ids.shape[1]
     with torch.no_grad():
         full = model(ids, inputs["pixel_values"], mask, types).logits
-        cache = KVCache.empty(config.text_config, batch, length)
-        output = model(ids[:, :prompt], inputs["pixel_values"], mask[:, :prompt], types[:, :prompt], kv_cache=cache)
+        output, prompt, positions = prefill(model, config, inputs)
         pieces = [output.logits]
         for start in range(prompt, length, window + 1):  # chunks longer than the window
             end = min(start + window + 1, length)
@@ -254,20 +262,10 @@ def test_a_window_longer_than_the_sequence_matches_transformers(
     config = paligemma2_configs[name]
     model, hf_model = load_model(reference_checkpoint(name)), reference_model(name)
     inputs = make_inputs(config, seed=5, padding=(0, 2), suffix=8)
-    ids, mask, types = inputs["input_ids"], inputs["attention_mask"], inputs["token_type_ids"]
-    batch, length = ids.shape
-    assert length < config.text_config.sliding_window
+    assert inputs["input_ids"].shape[1] < config.text_config.sliding_window
     with torch.no_grad():
         ours, theirs = model(**inputs), hf_model(**inputs)
-        assert (ours.logits - theirs.logits).abs().max() <= 1e-5
-        torch.testing.assert_close(ours.loss, theirs.loss, rtol=1e-6, atol=1e-6)
-        prompt = int((types == 0).sum(dim=1).min())
-        positions = torch.arange(length)[None] + 1
-        cache = KVCache.empty(config.text_config, batch, length)
-        output = model(ids[:, :prompt], inputs["pixel_values"], mask[:, :prompt], types[:, :prompt], kv_cache=cache)
-        steps = [output.logits[:, -1]]
-        for t in range(prompt, length):
-            output = model.decode_step(ids[:, t : t + 1], mask[:, : t + 1], positions[:, t : t + 1], output.kv_cache)
-            steps.append(output.logits[:, -1])
-    cached = torch.stack(steps[:-1], dim=1)
-    torch.testing.assert_close(cached, ours.logits[:, prompt - 1 : length - 1], rtol=1e-5, atol=1e-5)
+        cached, prompt = decoded_logits(model, config, inputs)
+    assert (ours.logits - theirs.logits).abs().max() <= 1e-5
+    torch.testing.assert_close(ours.loss, theirs.loss, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(cached, ours.logits[:, prompt - 1 : -1], rtol=1e-5, atol=1e-5)
