@@ -4,11 +4,18 @@ Order of a full `pytest` run: the package tests, then every chapter under nbval,
 tests marked `book` (the full Jupyter Book build and the browser tests).
 """
 
+import os
 from pathlib import Path
 
 from tools.book import chapter_notebooks
 
 LISTED = {path.resolve() for path in chapter_notebooks()}
+
+
+def pytest_configure(config) -> None:
+    # A wrong answer in an exercise cell raises instead of printing "not yet" (the chapters'
+    # kernels inherit this), so a checker that rejects its own solution fails the run.
+    os.environ.setdefault("PGEMMA_EXERCISES", "strict")
 
 
 def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
