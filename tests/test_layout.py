@@ -2,7 +2,8 @@
 
 Layers, from the bottom: the model and its pipeline (``pgemma.*`` modules), then the speed-ups
 (``pgemma.fast``), training (``pgemma.train``) and the figures (``pgemma.viz``), each of which may
-use the layer below but not one another, then the command line. The package's ``__init__`` files
+use the layer below but not one another, and the exercises' checkers (``pgemma.exercises``), which
+may also run training, then the command line. The package's ``__init__`` files
 only re-export, and are left out of the graph.
 """
 
@@ -18,7 +19,7 @@ import pgemma
 
 SOURCE = Path(pgemma.__file__).parent
 # Sub-packages above the core, and what each may import besides the core and itself.
-UPPER_LAYERS = {"fast": set(), "train": set(), "viz": set()}
+UPPER_LAYERS = {"fast": set(), "train": set(), "viz": set(), "exercises": {"train"}}
 ENTRY_POINTS = {"pgemma.__main__"}
 
 
