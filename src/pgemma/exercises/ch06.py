@@ -81,15 +81,19 @@ def recorded_calls() -> dict:
     return {"calls": [(prompt, 0), *steps]}
 
 
-def same_answers(counted_from_first_column: list[str], counted_from_first_token: list[str]) -> str:
-    """6.5: the answers with positions counted from each row's first column against generate's."""
-    return ANSWER_CHOICES[0] if counted_from_first_column == counted_from_first_token else ANSWER_CHOICES[1]
+def same_answers(experiment_answers: list[str], generate_answers: list[str]) -> str:
+    """6.5: whether the loop with the experiment's positions writes `generate`'s answers."""
+    return ANSWER_CHOICES[0] if experiment_answers == generate_answers else ANSWER_CHOICES[1]
 
 
 def chapter_positions_run() -> dict:
-    """The answers the chapter measured, both ways of counting (the same two strings)."""
-    answers = ["<loc0112><loc0464><loc0400><loc0768> square", "<loc0224><loc0000><loc0512><loc0288> circle"]
-    return {"counted_from_first_column": answers, "counted_from_first_token": answers}
+    """The answers the chapter measured, row 0's positions counted from its first column, and
+    `generate`'s (the same strings)."""
+    answers = [
+        "<loc0112><loc0464><loc0400><loc0768> square",
+        "<loc0224><loc0000><loc0512><loc0288> circle ; <loc0560><loc0560><loc0928><loc0928> triangle",
+    ]
+    return {"experiment_answers": answers, "generate_answers": answers}
 
 
 register(

@@ -65,7 +65,7 @@ def right_padding_logits(difference: float, scale: float) -> str:
 
 def chapter_right_padding_run() -> dict:
     """The largest logit difference and the largest logit the chapter measured with right padding."""
-    return {"difference": 4.8e-7, "scale": 2.0}
+    return {"difference": 0.0, "scale": 69.9}
 
 
 register(

@@ -54,7 +54,7 @@ def score_at_offset_3(scores: list[float]) -> str:
 
 def chapter_theta_run() -> dict:
     """The scores the chapter measured with theta = 100, the pair at m = 3, 100, 1000, 5003."""
-    return {"scores": [-0.2181, -0.2181, -0.2181, -0.2181]}
+    return {"scores": [-13.6755, -13.6755, -13.6754, -13.6762]}
 
 
 register(
