@@ -195,26 +195,26 @@ def strict_mode() -> bool:
     return os.environ.get(STRICT_VARIABLE, "").lower() == "strict"
 
 
-def check(key: str, answer, **context) -> bool:
+def check(key: str, answer, **context) -> None:
     """Check the reader's `answer` to exercise `key` and print the verdict.
 
     An unanswered exercise (`answer is None`, or a coding exercise's function that still returns
     None) is reported as such, so the chapter runs top to bottom, in strict mode too, before the
     reader has filled anything in. The expected value is never printed.
-    Returns whether the answer is right; in strict mode a wrong answer raises `WrongAnswer`.
+    In strict mode a wrong answer raises `WrongAnswer`. Nothing is returned, so the cell shows
+    only the verdict.
     """
     exercise = find(key)
     if answer is None or (isinstance(exercise, CodingExercise) and exercise.is_stub(answer)):
         print(f"exercise {key}: not answered yet (replace None with your answer and run the cell again)")
-        return False
+        return
     problem = exercise.mistake(answer, **context)
     if problem is None:
         print(f"exercise {key}: correct")
-        return True
+        return
     if strict_mode():
         raise WrongAnswer(f"exercise {key}: {problem}")
     print(f"exercise {key}: {problem}")
-    return False
 
 
 def same_value(answer, expected, tolerance: float) -> bool:
