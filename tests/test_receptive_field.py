@@ -7,7 +7,15 @@ import torch
 matplotlib.use("Agg")
 
 from pgemma.config import SiglipVisionConfig  # noqa: E402
-from pgemma.receptive_field import cnn_receptive_field, input_gradient, make_cnn, vit_attention, vit_receptive_field  # noqa: E402
+from pgemma.receptive_field import (  # noqa: E402
+    average_cnn_field,
+    cnn_receptive_field,
+    effective_side,
+    input_gradient,
+    make_cnn,
+    vit_attention,
+    vit_receptive_field,
+)
 from pgemma.siglip import SiglipAttention, SiglipVisionTransformer  # noqa: E402
 from pgemma.viz.receptive_field import plot_receptive_field_growth, plot_receptive_fields  # noqa: E402
 
@@ -98,3 +106,30 @@ def test_figures():
     assert "patch 5" in fields.axes[0].get_title()
     with pytest.raises(ValueError, match="outside"):
         plot_receptive_fields(cnn, vit, image, layer=1, row=16, col=0)
+
+
+def test_effective_side_is_the_smallest_square_holding_the_mass():
+    field = torch.zeros(9, 9)
+    field[4, 4], field[3, 5], field[0, 8] = 4.0, 2.0, 2.0  # centre, one step out, the far corner
+    assert effective_side(field, 4, 4, mass=0.5) == 1
+    assert effective_side(field, 4, 4, mass=0.75) == 3
+    assert effective_side(field, 4, 4, mass=1.0) == 9
+    assert effective_side(field, 1, 7, mass=1.0) == 7  # clipped at the border: the centre (4, 4) is 3 steps away
+    with pytest.raises(ValueError, match="mass must be in"):
+        effective_side(field, 4, 4, mass=0.0)
+    with pytest.raises(ValueError, match="outside the field"):
+        effective_side(field, 9, 4)
+    with pytest.raises(ValueError, match="zero everywhere"):
+        effective_side(torch.zeros(3, 3), 1, 1)
+
+
+def test_average_cnn_field_fills_the_theoretical_square_but_peaks_at_its_centre():
+    state = torch.random.get_rng_state()
+    field = average_cnn_field(num_layers=4, num_networks=4, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is left alone
+    assert field.shape == (9, 9) and bool((field > 0).all())
+    torch.testing.assert_close(field, average_cnn_field(num_layers=4, num_networks=4, seed=1))
+    ring = field.clone()
+    ring[1:-1, 1:-1] = 0.0
+    assert field[3:6, 3:6].mean() > 2 * ring[ring > 0].mean()  # the centre moves the output more than the border
+    assert effective_side(field, 4, 4) < 9

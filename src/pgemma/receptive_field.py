@@ -4,6 +4,9 @@ Book chapter: "CNN vs ViT". A convolution's output pixel depends on a small wind
 and stacking layers widens the window step by step; a vision transformer's patch depends on every
 pixel of the image after one attention layer. Both are measured the same way here: the gradient of
 one output with respect to the input image is non-zero exactly where the output can be changed.
+How strongly each pixel moves the output is the *effective* receptive field (Luo et al. 2016,
+"Understanding the effective receptive field in deep convolutional neural networks"): most of the
+gradient sits in a square much smaller than the one the formula gives.
 """
 
 from collections.abc import Callable
@@ -52,6 +55,54 @@ def cnn_receptive_field(cnn: nn.Sequential, image: torch.Tensor, layer: int, row
     if not 1 <= layer <= len(cnn) // 2:
         raise ValueError(f"layer must be in 1..{len(cnn) // 2}, got {layer}")
     return input_gradient(image, lambda x: cnn[: 2 * layer](x)[0, :, row, col])
+
+
+def average_cnn_field(
+    num_layers: int, kernel_size: int = 3, channels: int = 8, num_networks: int = 16, seed: int = 0
+) -> torch.Tensor:
+    """The receptive field of an architecture: ``cnn_receptive_field`` of the centre output pixel, averaged
+    over ``num_networks`` random CNNs (``make_cnn``), each on a random image.
+
+    The images are just large enough to hold the theoretical field, side S = 1 + num_layers * (kernel_size - 1),
+    so no path from the centre to a pixel of the field runs through the zero padding.
+
+    Returns:
+        float[S, S], the output pixel at the centre (S // 2, S // 2).
+    """
+    side = 1 + num_layers * (kernel_size - 1)
+    generator = torch.Generator().manual_seed(seed)
+    fields = []
+    with torch.random.fork_rng(devices=[]):  # make_cnn draws from the global generator; restore it afterwards
+        torch.manual_seed(seed)
+        for _ in range(num_networks):
+            cnn = make_cnn(num_layers, channels, kernel_size)
+            image = torch.randn(1, 3, side, side, generator=generator)  # (1, C, S, S)
+            fields.append(cnn_receptive_field(cnn, image, num_layers, side // 2, side // 2))
+    return torch.stack(fields).mean(dim=0)  # (S, S)
+
+
+def effective_side(field: torch.Tensor, row: int, col: int, mass: float = 0.5) -> int:
+    """The side of the smallest square centred on (``row``, ``col``) that holds ``mass`` of the field's total.
+
+    Args:
+        field: float[H, W] gradient magnitudes, e.g. from ``cnn_receptive_field``.
+        row, col: the centre; squares reaching past the border are clipped to the field.
+        mass: the share of the total, in (0, 1]; 0.5 gives the square holding half of the gradient.
+    Returns:
+        an odd side in pixels.
+    """
+    if not 0 < mass <= 1:
+        raise ValueError(f"mass must be in (0, 1], got {mass}")
+    if not (0 <= row < field.shape[0] and 0 <= col < field.shape[1]):
+        raise ValueError(f"the centre ({row}, {col}) is outside the field of shape {tuple(field.shape)}")
+    total = field.sum()
+    if not total > 0:
+        raise ValueError("the field is zero everywhere: the output depends on no pixel")
+    for radius in range(max(field.shape)):
+        square = field[max(row - radius, 0) : row + radius + 1, max(col - radius, 0) : col + radius + 1]
+        if square.sum() >= mass * total:
+            return 2 * radius + 1
+    raise AssertionError("the largest square holds the whole field")
 
 
 def vit_receptive_field(vit: SiglipVisionTransformer, image: torch.Tensor, layer: int, patch: int) -> torch.Tensor:
