@@ -13,6 +13,7 @@ from pgemma.contrastive import (
     ContrastiveImageTower,
     ContrastiveTextTower,
     SiglipMultiheadAttentionPoolingHead,
+    chunked_clip_loss,
     chunked_sigmoid_loss,
     clip_loss,
     mean_pool,
@@ -103,6 +104,53 @@ def test_chunked_loss_peak_memory_grows_slower_than_plain():
     matrix = 256 * 256 * 4  # one float32 B x B matrix
     assert plain >= 2 * matrix  # logits and more are alive at once
     assert chunked < plain / 5  # a few B x 16 blocks and the embeddings
+
+
+def clip_loss_and_grads(loss_fn, image: torch.Tensor, text: torch.Tensor, log_t: float) -> list[torch.Tensor]:
+    """The loss and the gradients of a CLIP loss (no bias), through `loss_and_grads`."""
+    return loss_and_grads(lambda i, t, log_t, bias: loss_fn(i, t, log_t), image, text, log_t=log_t)[:4]
+
+
+@pytest.mark.parametrize("batch, chunk", [(12, 5), (16, 4), (9, 1), (8, 8), (7, 100)])
+def test_chunked_clip_loss_equals_plain_loss_and_gradients(batch, chunk):
+    image, text = embeddings(batch, seed=batch)
+    plain = clip_loss_and_grads(clip_loss, image, text, log_t=2.5)
+    chunked = clip_loss_and_grads(lambda *a: chunked_clip_loss(*a, chunk_size=chunk), image, text, log_t=2.5)
+    for expected, actual in zip(plain, chunked):
+        torch.testing.assert_close(actual, expected)
+
+
+def test_chunked_clip_loss_is_stable_at_large_logits():
+    image, text = embeddings(10)
+    plain = clip_loss_and_grads(clip_loss, image, text, log_t=math.log(500.0))  # logits up to 500: exp overflows
+    chunked = clip_loss_and_grads(lambda *a: chunked_clip_loss(*a, chunk_size=3), image, text, log_t=math.log(500.0))
+    assert all(torch.isfinite(value).all() for value in chunked)
+    for expected, actual in zip(plain, chunked):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-3)  # float32 rounding of logits near 500
+
+
+def test_chunked_clip_loss_gradcheck_in_float64():
+    image, text = (e.double().requires_grad_() for e in embeddings(5, width=4))
+    log_t = torch.tensor(1.2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: chunked_clip_loss(*a, chunk_size=2), (image, text, log_t))
+
+
+def test_chunked_clip_loss_peak_memory_is_that_of_the_chunked_sigmoid_loss():
+    image, text = embeddings(256)
+    plain = peak_memory(lambda: clip_loss_and_grads(clip_loss, image, text, log_t=2.0))
+    chunked = peak_memory(
+        lambda: clip_loss_and_grads(lambda *a: chunked_clip_loss(*a, chunk_size=16), image, text, log_t=2.0)
+    )
+    sigmoid = peak_memory(lambda: loss_and_grads(lambda *a: chunked_sigmoid_loss(*a, chunk_size=16), image, text))
+    assert chunked < plain / 5
+    assert chunked < 1.5 * sigmoid  # a few B x 16 blocks, the embeddings and 2B normalizers
+
+
+def test_chunked_clip_loss_rejects_bad_input():
+    with pytest.raises(ValueError, match="same shape"):
+        chunked_clip_loss(torch.zeros(4, 8), torch.zeros(4, 6), torch.tensor(0.0), 2)
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunked_clip_loss(torch.zeros(4, 8), torch.zeros(4, 8), torch.tensor(0.0), 0)
 
 
 def test_peak_memory_counts_live_tensors_and_ignores_views():

@@ -12,6 +12,8 @@ diagonal up and everything else down:
 - ``sigmoid_loss``: every entry is its own binary classification, "match or not";
 - ``chunked_sigmoid_loss``: the same sum, a block of captions at a time, so that neither the
   forward nor the backward pass ever holds the whole B x B matrix;
+- ``chunked_clip_loss``: CLIP's loss, a block of captions at a time, with a running log-sum-exp
+  for each row; the backward pass sweeps the blocks again once every normalizer is known;
 - ``ring_sigmoid_loss``: the same sum on D processes (``torch.distributed``), each holding B / D
   pairs, with the caption embeddings passed around a ring.
 
@@ -172,6 +174,81 @@ def chunked_sigmoid_loss(
             if rows.start != rows.stop:
                 total = total + _RecomputedPairLossSum.apply(image_emb[rows], text_emb[start:stop], log_t, bias, False)
     return total / len(image_emb)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLIP's softmax, chunked too
+
+
+class _ChunkedClipLoss(torch.autograd.Function):
+    """`clip_loss` in blocks of B x c logits (c captions), each computed once forward, once backward.
+
+    With l_ij = t <x_i, y_j>, R_i = log sum_j exp(l_ij) (row i's normalizer, over every caption) and
+    C_j = log sum_i exp(l_ij) (column j's, over every image), the loss is
+    L = 1/2B sum_i [(R_i - l_ii) + (C_i - l_ii)] and its gradient is
+    dL/dl_ij = (exp(l_ij - R_i) + exp(l_ij - C_j) - 2 [i == j]) / 2B =: g_ij.
+    A block's gradient needs the finished R_i of all its rows: they are known only after the
+    forward pass has seen every block, so the backward pass recomputes the blocks in a second
+    sweep. Only the embeddings and the 2B normalizers are kept between the two.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, image_emb: torch.Tensor, text_emb: torch.Tensor, log_t: torch.Tensor, chunk_size: int
+    ) -> torch.Tensor:
+        temperature, batch = log_t.exp(), len(image_emb)
+        row_max = image_emb.new_full((batch,), -math.inf)  # (B,) the largest logit of each row so far
+        row_sum = image_emb.new_zeros(batch)  # (B,) sum of exp(l_ij - row_max) over the captions so far
+        col_lse = image_emb.new_empty(batch)  # (B,) C_j: a block holds its columns whole
+        matches = image_emb.new_empty(batch)  # (B,) l_jj
+        for start in range(0, batch, chunk_size):
+            cols = slice(start, min(start + chunk_size, batch))
+            block = image_emb @ text_emb[cols].T * temperature  # (B, c)
+            # The running log-sum-exp: a larger maximum rescales the sum kept so far.
+            new_max = torch.maximum(row_max, block.max(dim=1).values)  # (B,)
+            row_sum = row_sum * (row_max - new_max).exp() + (block - new_max[:, None]).exp().sum(dim=1)
+            row_max = new_max
+            col_lse[cols] = block.logsumexp(dim=0)  # (c,)
+            matches[cols] = block[cols].diagonal()  # (c,): rows start..stop hold this block's pairs
+        row_lse = row_max + row_sum.log()  # (B,) R_i
+        ctx.save_for_backward(image_emb, text_emb, log_t, row_lse, col_lse)
+        ctx.chunk_size = chunk_size
+        return ((row_lse - matches).mean() + (col_lse - matches).mean()) / 2
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        image_emb, text_emb, log_t, row_lse, col_lse = ctx.saved_tensors
+        temperature, batch = log_t.exp(), len(image_emb)
+        grad_image = torch.zeros_like(image_emb)  # (B, E)
+        grad_text = torch.empty_like(text_emb)  # (B, E)
+        grad_log_t = torch.zeros_like(log_t)  # ()
+        for start in range(0, batch, ctx.chunk_size):
+            cols = slice(start, min(start + ctx.chunk_size, batch))
+            block = image_emb @ text_emb[cols].T * temperature  # (B, c), recomputed
+            g = (block - row_lse[:, None]).exp() + (block - col_lse[None, cols]).exp()  # (B, c)
+            g[cols].diagonal().sub_(2.0)  # the matching pairs
+            g = g * (grad_loss / (2 * batch))  # (B, c)
+            grad_image += temperature * g @ text_emb[cols]  # (B, E)
+            grad_text[cols] = temperature * g.T @ image_emb  # (c, E)
+            grad_log_t += (g * block).sum()  # dl_ij/dt' = l_ij
+        return grad_image, grad_text, grad_log_t, None
+
+
+def chunked_clip_loss(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, log_t: torch.Tensor, chunk_size: int
+) -> torch.Tensor:
+    """`clip_loss`, computed `chunk_size` captions at a time: same value, same gradients.
+
+    Each row's normalizer is a log-sum-exp over all B captions, accumulated block by block (the
+    max trick, with the maximum updated as blocks arrive); each column's lies whole in one block.
+    At most one block of B x chunk_size is alive at any time, plus 2B normalizers, so memory grows
+    as B * chunk_size, as for `chunked_sigmoid_loss`. The price: every block is computed twice,
+    and its gradient can only be computed once every block has been seen (`_ChunkedClipLoss`).
+    """
+    _check_embeddings(image_emb, text_emb)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of captions, got {chunk_size}")
+    return _ChunkedClipLoss.apply(image_emb, text_emb, log_t, chunk_size)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 import torch
 
-from pgemma.exercises.checking import CodingExercise, ValueExercise, register
+from pgemma.exercises.checking import CodingExercise, ExperimentExercise, ValueExercise, register
 from pgemma.patches import num_patches, patchify
+from pgemma.tokenizer import train_tokenizer
 
 
 def image_tokens_at_448() -> int:
@@ -38,6 +39,28 @@ def unseen_images() -> list[tuple[torch.Tensor, int]]:
     return [(torch.randn(shape, generator=generator), patch_size) for shape, patch_size in shapes]
 
 
+def tokens_compared(ids: list[int], experiment_ids: list[int]) -> str:
+    """1.4: what the run measured: the caption in more, fewer or the same number of tokens.
+
+    A smaller vocabulary has learned fewer merges, so words are spelled from smaller pieces and
+    the caption takes more tokens (at the smallest size, 1,129 ids, one per character); a larger
+    one takes fewer, down to one token per word once every word of the corpus is a piece, after
+    which more ids change nothing. The vocabulary's size is traded against the sequence's length.
+    """
+    if len(experiment_ids) > len(ids):
+        return "more"
+    return "fewer" if len(experiment_ids) < len(ids) else "the same"
+
+
+def vocabulary_experiment() -> dict[str, list[int]]:
+    """The chapter's experiment on a smaller corpus: one caption, 1,200 ids and 1,140 ids."""
+    corpus = ["a red circle left of a blue square", "a green triangle above a red circle"] * 20
+    return {
+        "ids": train_tokenizer(corpus, vocab_size=1200).encode(corpus[0]),
+        "experiment_ids": train_tokenizer(corpus, vocab_size=1140).encode(corpus[0]),
+    }
+
+
 register(
     ValueExercise("1.1", expected=image_tokens_at_448, wrong=lambda: num_patches(224, 14)),
     ValueExercise("1.2", expected=numbers_per_patch_16, wrong=lambda: 16 * 16),
@@ -47,5 +70,11 @@ register(
         inputs=unseen_images,
         solution_function=patchify_with_unfold,
         wrong_function=patchify_channels_last,
+    ),
+    ExperimentExercise(
+        "1.4",
+        outcome=tokens_compared,
+        choices=("more", "fewer", "the same"),
+        example_context=vocabulary_experiment,
     ),
 )
