@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,15 @@ from safetensors.torch import load_file, save_file
 
 from pgemma.processor import PaliGemmaProcessor
 from pgemma.train import distributed, stage0, stage1
-from pgemma.train.__main__ import main
+from pgemma.train.__main__ import main, run
 from pgemma.train.recipe import Recipe, build_model, build_tokenizer
 
 RECIPE = Recipe.tiny()  # batch 8: 4, or 2, examples per rank
+SHORT = replace(  # checkpoints at steps 4 and 8 (and the last) of each stage
+    RECIPE,
+    stage0=replace(RECIPE.stage0, steps=6, checkpoint_every=4),
+    stage1=replace(RECIPE.stage1, steps=10, checkpoint_every=4),
+)
 TRAIN = ["--recipe", "tiny", "--eval-scenes", "4"]
 
 # ----------------------------------------------------------------------------------------------
@@ -46,7 +52,7 @@ def as_rank(rank: int, world: int, port: int, logs: Path, target, args: tuple) -
     target(rank, *args)
 
 
-def run_ranks(world: int, logs: Path, target, *args, within: float = 120.0) -> list[int | None]:
+def run_ranks(world: int, logs: Path, target, *args, within: float = 300.0) -> list[int | None]:
     """Start `world` ranks of `target`; their exit codes, None for a rank still running after `within` seconds
     (it is then killed). The seconds each rank ran go to `run_ranks.seconds`."""
     context = multiprocessing.get_context("fork")  # starts in milliseconds, with pgemma already imported
@@ -132,9 +138,10 @@ def train(rank: int, out: Path, *options: str) -> None:
 
 
 def train_recording_writes(rank: int, out: Path, crash_at: int | None) -> None:
-    """`train`, noting in out/../writes{rank}.txt every file rank `rank` creates, writes, moves or deletes
-    in `out`, and raising at stage 1's step `crash_at` (on every rank, as when the job is stopped)."""
-    written = []
+    """`run` the SHORT recipe, noting in out/../writes{rank}.txt every file rank `rank` creates, writes,
+    moves or deletes in `out` and in out/../steps{rank}.txt the steps of stage 1 it trains, and raising at
+    stage 1's step `crash_at` (on every rank, as when the job is stopped)."""
+    written, steps = [], []
 
     def audit(event: str, args: tuple) -> None:
         if event in ("open", "os.rename", "os.remove", "os.mkdir") and str(args[0]).startswith(str(out)):
@@ -145,31 +152,35 @@ def train_recording_writes(rank: int, out: Path, crash_at: int | None) -> None:
     examples = stage1.training_examples
 
     def crashing(step, *args, **kwargs):
+        steps.append(step)
         if step == crash_at:
             raise RuntimeError(f"stopped at step {step}")
         return examples(step, *args, **kwargs)
 
     stage1.training_examples = crashing
     try:
-        train(rank, out)
+        with distributed.process_group(timeout=60):
+            run(SHORT, out, eval_scenes=4)
     finally:
         (out.parent / f"writes{rank}.txt").write_text("\n".join(written))
+        (out.parent / f"steps{rank}.txt").write_text(" ".join(map(str, steps)))
 
 
 @pytest.mark.slow
 def test_two_ranks_train_like_one_process_rank_0_alone_writes_and_a_stopped_run_resumes(tmp_path):
-    main([*TRAIN, "--out", str(tmp_path / "one")])
+    run(SHORT, tmp_path / "one", eval_scenes=4)
     expected = load_file(tmp_path / "one" / "model" / "model.safetensors")
 
     out = tmp_path / "two"
-    assert run_ranks(2, tmp_path, train_recording_writes, out, 25) == [1, 1]
-    assert "stopped at step 25" in log_of(tmp_path, 0)
-    assert "stage1.safetensors" in (tmp_path / "writes0.txt").read_text()  # rank 0 saved step 20
+    assert run_ranks(2, tmp_path, train_recording_writes, out, 6) == [1, 1]
+    assert "stopped at step 6" in log_of(tmp_path, 0)
+    assert "stage1.safetensors" in (tmp_path / "writes0.txt").read_text()  # rank 0 saved step 4
     assert (tmp_path / "writes1.txt").read_text() == ""
     assert not (out / "model").exists()
 
-    assert run_ranks(2, tmp_path, train_recording_writes, out, None) == [0, 0]  # resumes from step 20
-    assert "held-out scenes: 4" in log_of(tmp_path, 0) and "held-out scenes" not in log_of(tmp_path, 1)
+    assert run_ranks(2, tmp_path, train_recording_writes, out, None) == [0, 0]
+    for rank in range(2):  # stage 0 was done; stage 1 resumes from rank 0's checkpoint of step 4
+        assert (tmp_path / f"steps{rank}.txt").read_text() == "4 5 6 7 8 9"
     assert (tmp_path / "writes1.txt").read_text() == ""
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
     weights = load_file(out / "model" / "model.safetensors")
@@ -177,8 +188,11 @@ def test_two_ranks_train_like_one_process_rank_0_alone_writes_and_a_stopped_run_
         torch.testing.assert_close(weights[name], value, rtol=1e-3, atol=1e-4, msg=name)
 
 
+HANG_SECONDS = 20
+
+
 def failing_rank(rank: int, out: Path, how: str, stage: str) -> None:
-    """`train` with a 5 s timeout, where rank 1 raises, is killed, or hangs at step 3 of `stage`."""
+    """`train` with a 5 s timeout, where rank 1 raises, is killed, or hangs for a while at step 3 of `stage`."""
     module = {"stage0": stage0, "stage1": stage1}[stage]
     examples = module.training_examples
 
@@ -188,7 +202,7 @@ def failing_rank(rank: int, out: Path, how: str, stage: str) -> None:
                 raise RuntimeError("a failure at step 3")
             if how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(600)  # hangs, until the test kills it
+            time.sleep(HANG_SECONDS)  # then goes on, and finds rank 0 gone
         return examples(step, *args, **kwargs)
 
     module.training_examples = failing
@@ -198,9 +212,10 @@ def failing_rank(rank: int, out: Path, how: str, stage: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("how, stage", [("raise", "stage1"), ("kill", "stage0"), ("hang", "stage0")])
 def test_a_rank_that_fails_stops_the_others_with_a_message(how, stage, tmp_path):
-    codes = run_ranks(2, tmp_path, failing_rank, tmp_path / "run", how, stage, within=30)
-    assert codes == [1, {"raise": 1, "kill": -signal.SIGKILL, "hang": None}[how]]  # None: killed by the test
-    assert run_ranks.seconds[0] < 30
+    codes = run_ranks(2, tmp_path, failing_rank, tmp_path / "run", how, stage)
+    assert codes == [1, -signal.SIGKILL if how == "kill" else 1]
+    if how == "hang":  # rank 0 stopped after its 5 s timeout, while rank 1 still slept
+        assert run_ranks.seconds[0] + 5 < run_ranks.seconds[1]
     message = log_of(tmp_path, 0)
     assert "error: rank 0 of 2 stopped" in message and "timeout of 5 s" in message
     if how == "raise":
