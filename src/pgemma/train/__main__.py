@@ -4,6 +4,7 @@ Book chapter: "Assembling PaliGemma".
 
     python -m pgemma.train --out runs/shapes                # Recipe.shipped(): about 35 min on 2 CPU cores
     python -m pgemma.train --out runs/tiny --recipe tiny    # Recipe.tiny(), for tests
+    torchrun --nproc_per_node=2 -m pgemma.train --out runs/shapes   # on 2 processes (pgemma.train.distributed)
 
 Run the same command again to resume a stopped run. The run folder gets the stages' checkpoints
 (each with the one saved before it, ``.prev``), recipe.json, curves.json (every evaluation) and
@@ -13,6 +14,7 @@ use, holding another recipe, or holding other files is refused (`pgemma.train.fo
 
 import argparse
 import json
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from pgemma.files import atomic_write
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from pgemma.processor import PaliGemmaProcessor
 from pgemma.tokenizer import PaliGemmaTokenizer
+from pgemma.train import distributed
 from pgemma.train.evaluation import evaluate
 from pgemma.train.folder import CURVES_FILE, STAGE_FILES, RunFolderError, open_run_folder
 from pgemma.train.loop import DamagedCheckpointError
@@ -35,9 +38,11 @@ def run(recipe: Recipe, out: Path, eval_scenes: int = 300, curve_scenes: int = 1
     """Both stages, resumable from `out`; writes curves.json there and returns the final evaluation.
 
     Raises RunFolderError if `out` cannot hold this run, DamagedCheckpointError if a checkpoint
-    in it cannot be resumed from.
+    in it cannot be resumed from. On several ranks, rank 0 alone opens the folder, evaluates and
+    exports, and the other ranks return an empty evaluation.
     """
-    with open_run_folder(out, recipe):
+    with open_run_folder(out, recipe) if distributed.is_main() else nullcontext():
+        distributed.barrier()  # the other ranks wait for rank 0 to check and tidy the folder
         torch.manual_seed(recipe.stage0.seed)
         tokenizer = build_tokenizer(recipe.world, recipe.model.vocab_size)
         model = build_model(recipe.model, recipe.world, tokenizer)
@@ -54,6 +59,8 @@ def run(recipe: Recipe, out: Path, eval_scenes: int = 300, curve_scenes: int = 1
             out / STAGE_FILES[1],
             on_eval=lambda: evaluate(model, processor, recipe.world, curve_scenes, generate_boxes=False),
         )
+        if not distributed.is_main():
+            return {}
         final = evaluate(model, processor, recipe.world, eval_scenes)
         export(model, tokenizer, out / "model")
         text = json.dumps({"recipe": asdict(recipe), **curves, "final": final}, indent=2)
@@ -76,14 +83,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipe", choices=["shipped", "tiny"], default="shipped")
     parser.add_argument("--eval-scenes", type=int, default=300, help="held-out scenes for the final evaluation")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=distributed.DEFAULT_TIMEOUT,
+        help="under torchrun: seconds a rank waits for the others before it stops",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = Recipe.shipped() if args.recipe == "shipped" else Recipe.tiny()
     try:
-        final = run(recipe, args.out, args.eval_scenes)
-    except (RunFolderError, DamagedCheckpointError) as error:
+        with distributed.process_group(args.timeout):
+            final = run(recipe, args.out, args.eval_scenes)
+    except (RunFolderError, DamagedCheckpointError, distributed.DistributedError) as error:
         parser.exit(1, f"{parser.prog}: error: {error}\n")
+    if not final:  # a rank other than 0: rank 0 reports
+        return
     print(f"held-out scenes: {args.eval_scenes}")
     for name, value in final.items():
         print(f"  {name:14s} {value:.3f}")

@@ -9,14 +9,15 @@ import torch
 
 from pgemma.paligemma import PaliGemmaForConditionalGeneration, PaliGemmaOutput
 from pgemma.processor import PaliGemmaProcessor, ProcessorBatch
+from pgemma.train import distributed
 from pgemma.train.recipe import StageConfig
 from pgemma.world import Example, WorldConfig, example
 
 
 def training_examples(step: int, world: WorldConfig, cfg: StageConfig, stage: int) -> list[Example]:
-    """The batch of a step. Each stage reads its own run of training seeds."""
+    """The batch of a step (on several ranks, this rank's slice). Each stage reads its own run of seeds."""
     start = stage * 100_000_000 + step * cfg.batch_size
-    return [example(seed, world) for seed in range(start, start + cfg.batch_size)]
+    return [example(seed, world) for seed in distributed.shard(range(start, start + cfg.batch_size))]
 
 
 def process(processor: PaliGemmaProcessor, examples: list[Example], with_answers: bool = True) -> ProcessorBatch:

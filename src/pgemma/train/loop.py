@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pgemma.files import atomic_write
+from pgemma.train import distributed
 from pgemma.train.recipe import StageConfig
 
 # ----------------------------------------------------------------------------------------------
@@ -205,6 +206,8 @@ def train_loop(
 
     `loss_fn` draws its batch from the step number alone, so a resumed run sees the same data.
     Returns the evaluation curve: a list of {"step": ..., **on_eval()} (kept in the checkpoint).
+    On several ranks (`pgemma.train.distributed`), `loss_fn` computes this rank's share, the
+    gradients are averaged over the ranks, and only rank 0 evaluates and saves.
     """
     torch.manual_seed(cfg.seed)
     optimizer = make_optimizer(module, cfg, slow)
@@ -213,22 +216,26 @@ def train_loop(
         step, info = load_state(checkpoint, module, optimizer)
         curve = info["curve"]
     module.train()
-    bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc=name)
+    bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc=name, disable=not distributed.is_main())
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, cfg, group["warmup"])
         loss = loss_fn(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(module)
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         optimizer.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{distributed.mean_over_ranks(loss.detach()).item():.3f}")
         done = step + 1
         if on_eval and cfg.eval_every and done % cfg.eval_every == 0:
             module.eval()
-            curve.append({"step": done, **on_eval()})
+            curve.append({"step": done, **distributed.on_main(on_eval)})
             module.train()
-            bar.write(f"{name} step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in curve[-1].items() if k != "step"))
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            if distributed.is_main():
+                bar.write(
+                    f"{name} step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in curve[-1].items() if k != "step")
+                )
+        if distributed.is_main() and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             save_state(checkpoint, module, optimizer, done, {"curve": curve})
     return curve

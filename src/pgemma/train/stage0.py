@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pgemma.contrastive import INIT_BIAS, INIT_LOG_TEMPERATURE, sigmoid_loss
+from pgemma.contrastive import INIT_BIAS, INIT_LOG_TEMPERATURE, ring_sigmoid_loss, sigmoid_loss
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from pgemma.processor import PaliGemmaProcessor
+from pgemma.train import distributed
 from pgemma.train.data import patch_labels, training_examples
 from pgemma.train.loop import train_loop
 from pgemma.train.recipe import Recipe
@@ -72,17 +73,22 @@ class TowerPretrainer(nn.Module):
         patch: int,
         patch_label_weight: float,
     ) -> torch.Tensor:
+        """The stage's loss on `examples`; on several ranks, this rank's share (see `train_loop`)."""
         features, image_emb, text_emb = self.embed(examples, processor)
-        loss = sigmoid_loss(image_emb, text_emb, self.log_t, self.bias)
+        if distributed.world_size() == 1:
+            loss = sigmoid_loss(image_emb, text_emb, self.log_t, self.bias)
+        else:  # the ranks' shares add up to the whole batch's loss: times D, their mean does
+            loss = ring_sigmoid_loss(image_emb, text_emb, self.log_t, self.bias) * distributed.world_size()
         if patch_label_weight:
             colour, kind, box = patch_labels(examples, world, patch)  # (B, P), (B, P), (B, P, 4)
             on_shape = (kind > 0).float()  # (B, P)
             box_error = F.l1_loss(self.box_head(features).sigmoid(), box, reduction="none").sum(-1)  # (B, P)
+            box_loss = 10 * (box_error * on_shape).sum() / on_shape.sum().clamp(min=1)  # 10: errors are ~0.05
             loss = loss + patch_label_weight * (
                 F.cross_entropy(self.colour_head(features).flatten(0, 1), colour.flatten())
                 + F.cross_entropy(self.kind_head(features).flatten(0, 1), kind.flatten())
-                + 10 * (box_error * on_shape).sum() / on_shape.sum().clamp(min=1)
-            )  # 10: errors are ~0.05
+                + distributed.global_mean(box_loss, on_shape.sum())  # slices cover different numbers of patches
+            )
         return loss
 
     @torch.no_grad()
