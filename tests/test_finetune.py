@@ -83,6 +83,7 @@ def test_each_mode_trains_what_it_says(base):
     assert counts == {"full": total, "frozen-vision": total - tower, "lora": RECIPE.model.text_layers * per_layer}
 
 
+@pytest.mark.slow
 def test_frozen_vision_keeps_the_tower_to_the_bit_and_full_changes_it(base, tmp_path):
     before = load_file(base / "model.safetensors")
     for mode in ("frozen-vision", "full"):
@@ -96,6 +97,7 @@ def test_frozen_vision_keeps_the_tower_to_the_bit_and_full_changes_it(base, tmp_
         assert (changed_tower == []) == (mode == "frozen-vision")
 
 
+@pytest.mark.slow
 def test_lora_leaves_the_base_untouched_and_its_peft_adapter_gives_the_trained_logits(base, tmp_path):
     cfg = settings(base, "lora")
     run(cfg, tmp_path)
@@ -124,6 +126,7 @@ def test_lora_leaves_the_base_untouched_and_its_peft_adapter_gives_the_trained_l
         assert not torch.allclose(forward(load_model(base), batch).logits, forward(trained, batch).logits)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_ends_like_an_uninterrupted_one_and_a_crash_while_writing_leaves_no_partial_file(
     base, tmp_path, monkeypatch
 ):
@@ -156,12 +159,14 @@ def test_a_resumed_run_ends_like_an_uninterrupted_one_and_a_crash_while_writing_
     assert not [name for name in files if name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_a_run_folder_refuses_other_settings(base, tmp_path):
     run(settings(base, "lora"), tmp_path)
     with pytest.raises(RunFolderError, match=r"rank: folder 2, requested 4"):
         run(replace(settings(base, "lora"), rank=4), tmp_path)
 
 
+@pytest.mark.slow
 def test_curves_hold_the_base_model_then_each_evaluation(base, tmp_path):
     result = run(settings(base, "frozen-vision"), tmp_path)
     assert json.loads((tmp_path / "curves.json").read_text()) == json.loads(json.dumps(result))
@@ -197,6 +202,7 @@ def test_the_command_line_says_what_is_wrong(argv, message, tmp_path, capsys):
     assert not (tmp_path / "OUT").exists()
 
 
+@pytest.mark.slow
 def test_the_command_line_fine_tunes_and_says_where_it_wrote(base, tmp_path, capsys):
     options = ["--steps", "2", "--batch-size", "2", "--curve-scenes", "2", "--eval-scenes", "2", "--eval-every", "0"]
     train_main(["finetune", str(base), "--out", str(tmp_path), "--mode", "lora", "--rank", "2", *options])

@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["finetune-compare"]:
         return compare_main(argv[1:])
     parser = argparse.ArgumentParser(
-        prog="python -m pgemma.train", description="Train a small PaliGemma on the book's world of coloured shapes."
+        prog="python -m pgemma.train",
+        description="Train a small PaliGemma on the book's world of coloured shapes.",
+        epilog="Fine-tuning a trained one: python -m pgemma.train finetune --help (and finetune-compare --help).",
     )
     parser.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, curves.json, model/")
     parser.add_argument("--recipe", choices=["shipped", "tiny"], default="shipped")

@@ -341,7 +341,6 @@ COMPARISON = (
     ("LoRA r=2", "lora-r2", ["--mode", "lora", "--rank", "2"]),
     ("LoRA r=16", "lora-r16", ["--mode", "lora", "--rank", "16"]),
     ("full, 25% old", "full-old25", ["--mode", "full", "--old-fraction", "0.25"]),
-    ("LoRA r=16, 25% old", "lora-r16-old25", ["--mode", "lora", "--rank", "16", "--old-fraction", "0.25"]),
 )
 TABLE_COLUMNS = {  # column title: how to read it from a run of the record
     "run": lambda run: run["name"],
