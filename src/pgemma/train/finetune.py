@@ -4,9 +4,9 @@ Book chapter: "Fine-tuning PaliGemma".
 
     python -m pgemma.train finetune --out runs/lora8 --mode lora --rank 8   # the shipped model, LoRA rank 8
     python -m pgemma.train finetune path/to/model --out runs/full --mode full --old-fraction 0.25
-    python -m pgemma.train finetune-compare --out runs/compare              # the chapter's record, ~10 min
+    python -m pgemma.train finetune-compare --out runs/compare  # the chapter's record
 
-PaliGemma is a base meant to be fine-tuned, one copy per task (Beyer et al. 2024, section 4). The
+PaliGemma is a base meant to be fine-tuned, one copy per task (Beyer et al. 2024). The
 new task here is a kind of shape the base has never seen: diamonds, which `world.render` draws
 but no scene of the base's world holds. Every training scene of the fine-tuning holds a diamond
 (the base world's kinds plus "diamond"; seeds without one are skipped), and all four tasks are
@@ -16,8 +16,8 @@ instead, so that what the base knew is rehearsed while it learns diamonds.
 Three ways to fine-tune (`MODES`):
 
 - ``full``: every weight trains;
-- ``frozen-vision``: the vision tower stays as it is (PaliGemma's transfer recipe mostly keeps
-  it trainable; freezing it trains fewer numbers and needs no gradient through it);
+- ``frozen-vision``: the vision tower stays as it is: fewer numbers train, and its weights need
+  no gradient and no optimizer state;
 - ``lora``: every weight is frozen and each linear layer of the decoder's attention and MLP
   learns a rank-r update beside it (`pgemma.lora`).
 
@@ -71,7 +71,7 @@ class FinetuneConfig:
     rank: int = 8  # LoRA only
     alpha: float = 16.0  # LoRA only: the update is scaled by alpha / rank
     old_fraction: float = 0.0  # the share of each batch drawn from the base's own world
-    stage: StageConfig = field(
+    stage: StageConfig = field(  # steps, batch, schedule; the command line takes the lr from DEFAULT_LR[mode]
         default_factory=lambda: StageConfig(steps=300, lr=DEFAULT_LR["lora"], warmup=30, checkpoint_every=50)
     )
     curve_scenes: int = 100  # held-out scenes of each world per evaluation during the run
@@ -224,10 +224,8 @@ def finetune(cfg: FinetuneConfig, out: Path, eval_scenes: int = 200) -> dict:
         memory_loaded = max_rss_mb()
         before = evaluate_both(model, processor, new, old, cfg.curve_scenes)
         trainable = prepare(model, cfg)
-        evaluating, steps_run = (
-            torch.zeros(2, dtype=torch.float64),
-            0,
-        )  # this invocation's: a resumed run times only the steps it runs
+        # this invocation's evaluation time and steps: a resumed run times only the steps it runs
+        evaluating, steps_run = torch.zeros(2, dtype=torch.float64), 0
 
         def loss_fn(step: int) -> torch.Tensor:
             nonlocal steps_run
