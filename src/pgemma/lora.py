@@ -1,6 +1,6 @@
 """LoRA: fine-tune two small matrices beside each frozen weight, saved as PEFT saves them.
 
-Book chapter: "Fine-tuning PaliGemma" (to come). Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large
+Book chapter: "Fine-tuning PaliGemma". Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large
 Language Models", section 4.1.
 
 A linear layer ``y = x W^T`` keeps ``W`` (out x in) frozen and learns a low-rank update beside it:

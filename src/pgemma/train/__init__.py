@@ -14,6 +14,8 @@ One module per job, in the order a run uses them:
     stage1      stage 1: the whole model, next-token loss on the answers (prefix-LM)
     evaluation  exact match per task and detection IoU on held-out scenes
     __main__    the whole recipe (`run`), the exported checkpoint folder, the command line
+    finetune    a trained model to a new task (diamonds): full, frozen vision tower or LoRA, and the
+                comparison the chapter "Fine-tuning PaliGemma" shows (``python -m pgemma.train finetune``)
 
 Finding and loading the model trained this way that ships with pgemma is `pgemma.shipped`'s job,
 which needs none of these modules.

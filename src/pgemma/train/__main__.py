@@ -14,6 +14,7 @@ use, holding another recipe, or holding other files is refused (`pgemma.train.fo
 
 import argparse
 import json
+import sys
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +28,8 @@ from pgemma.processor import PaliGemmaProcessor
 from pgemma.tokenizer import PaliGemmaTokenizer
 from pgemma.train import distributed
 from pgemma.train.evaluation import evaluate
+from pgemma.train.finetune import compare_main
+from pgemma.train.finetune import main as finetune_main
 from pgemma.train.folder import CURVES_FILE, STAGE_FILES, RunFolderError, open_run_folder
 from pgemma.train.loop import DamagedCheckpointError
 from pgemma.train.recipe import Recipe, build_model, build_tokenizer, init_loc_embeddings
@@ -76,8 +79,15 @@ def export(model: PaliGemmaForConditionalGeneration, tokenizer: PaliGemmaTokeniz
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["finetune"]:  # python -m pgemma.train finetune ...: pgemma.train.finetune's command line
+        return finetune_main(argv[1:])
+    if argv[:1] == ["finetune-compare"]:
+        return compare_main(argv[1:])
     parser = argparse.ArgumentParser(
-        prog="python -m pgemma.train", description="Train a small PaliGemma on the book's world of coloured shapes."
+        prog="python -m pgemma.train",
+        description="Train a small PaliGemma on the book's world of coloured shapes.",
+        epilog="Fine-tuning a trained one: python -m pgemma.train finetune --help (and finetune-compare --help).",
     )
     parser.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, curves.json, model/")
     parser.add_argument("--recipe", choices=["shipped", "tiny"], default="shipped")

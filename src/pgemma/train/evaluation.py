@@ -3,6 +3,8 @@
 Book chapter: "Assembling PaliGemma". Used during stage 1 (the curves) and at the end of a run.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -23,6 +25,7 @@ def evaluate(
     num_scenes: int = 300,
     batch_size: int = 50,
     generate_boxes: bool = True,
+    seeds: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Per-task exact match on held-out scenes (every task on each scene), and detection mean IoU.
 
@@ -30,11 +33,14 @@ def evaluate(
     at every answer position, <eos> included, is the target token, so this is the number
     generation would give, for one forward pass. Boxes come from greedy generation with the KV
     cache (or, with `generate_boxes=False`, from the teacher-forced argmax: cheaper, a little
-    optimistic). An object that the answer does not name counts as IoU 0.
+    optimistic). An object that the answer does not name counts as IoU 0. `seeds` picks the
+    scenes (default: the first `num_scenes` held-out ones; `num_scenes` is then their number).
     """
     was_training = model.training
     model.eval()
-    seeds = [seed for _, seed in zip(range(num_scenes), split_seeds("heldout"))]
+    if seeds is None:
+        seeds = [seed for _, seed in zip(range(num_scenes), split_seeds("heldout"))]
+    num_scenes = len(seeds)
     correct = dict.fromkeys(TASKS, 0)
     ious = []
     for task in TASKS:

@@ -35,7 +35,9 @@ LOCK_FILE = ".lock"
 RECIPE_FILE = "recipe.json"
 CURVES_FILE = "curves.json"
 STAGE_FILES = ("stage0.safetensors", "stage1.safetensors")  # the stages' checkpoints
-WRITTEN = {RECIPE_FILE, CURVES_FILE, *STAGE_FILES, *(name + ".prev" for name in STAGE_FILES)}
+FINETUNE_FILE = "finetune.safetensors"  # the checkpoint of `pgemma.train.finetune`
+CHECKPOINTS = (*STAGE_FILES, FINETUNE_FILE)
+WRITTEN = {RECIPE_FILE, CURVES_FILE, *CHECKPOINTS, *(name + ".prev" for name in CHECKPOINTS)}
 
 
 class RunFolderError(RuntimeError):
