@@ -90,6 +90,14 @@ def test_a_coding_checker_describes_shapes_and_errors_not_values(lenient, capsys
     assert out[2] == "exercise 1.3: expected a function, got int"
 
 
+def test_a_function_that_still_returns_none_is_not_answered_yet(strict, capsys):
+    def stub(images, patch_size):
+        return None
+
+    assert check("1.3", stub) is False
+    assert capsys.readouterr().out.startswith("exercise 1.3: not answered yet")
+
+
 def test_unknown_keys_are_named():
     with pytest.raises(KeyError, match="no exercise '1.99'"):
         find("1.99")

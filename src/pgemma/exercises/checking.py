@@ -99,6 +99,15 @@ class CodingExercise:
     def wrong(self) -> Callable[..., Any]:
         return self.wrong_function
 
+    def is_stub(self, function: Callable[..., Any]) -> bool:
+        """Whether `function` is still the chapter's blank: a function that returns None."""
+        if not callable(function):
+            return False
+        try:
+            return function(*next(iter(self.inputs()))) is None
+        except Exception:  # the reader's code: `mistake` reports the error
+            return False
+
     def mistake(self, function: Callable[..., Any]) -> str | None:
         """None when `function` agrees with the reference on every unseen input, else the first
         disagreement, described by shapes and not by values."""
@@ -189,12 +198,13 @@ def strict_mode() -> bool:
 def check(key: str, answer, **context) -> bool:
     """Check the reader's `answer` to exercise `key` and print the verdict.
 
-    An unanswered exercise (`answer is None`) is reported as such, so the chapter runs top to
-    bottom before the reader has filled anything in. The expected value is never printed.
+    An unanswered exercise (`answer is None`, or a coding exercise's function that still returns
+    None) is reported as such, so the chapter runs top to bottom, in strict mode too, before the
+    reader has filled anything in. The expected value is never printed.
     Returns whether the answer is right; in strict mode a wrong answer raises `WrongAnswer`.
     """
     exercise = find(key)
-    if answer is None:
+    if answer is None or (isinstance(exercise, CodingExercise) and exercise.is_stub(answer)):
         print(f"exercise {key}: not answered yet (replace None with your answer and run the cell again)")
         return False
     problem = exercise.mistake(answer, **context)
