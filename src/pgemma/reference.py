@@ -2,7 +2,8 @@
 
 Book chapter: "Assembling PaliGemma" (and the parity tests in tests/).
 
-``transformers`` is a test dependency only, imported inside the functions. Tested with 5.23.
+``transformers`` is not a dependency of the package (the book and the tests install it), so it is
+imported inside the functions. Tested with 5.23 and, by `make test-oldest`, with 4.48.
 """
 
 from __future__ import annotations
@@ -54,13 +55,14 @@ def build_reference_checkpoint(
 
 
 def load_reference_model(path: str | Path, dtype: torch.dtype = torch.float32) -> Any:
-    """Load a checkpoint with transformers, with the eager attention path (exact comparisons)."""
+    """Load a checkpoint with transformers, with the eager attention path (exact comparisons).
+
+    The dtype is set after loading, because older transformers name `from_pretrained`'s argument
+    `torch_dtype` and newer ones `dtype`; the cast gives the same weights either way."""
     import transformers
 
-    model = transformers.PaliGemmaForConditionalGeneration.from_pretrained(
-        path, dtype=dtype, attn_implementation="eager"
-    )
-    return model.eval()
+    model = transformers.PaliGemmaForConditionalGeneration.from_pretrained(path, attn_implementation="eager")
+    return model.to(dtype).eval()
 
 
 @torch.no_grad()
