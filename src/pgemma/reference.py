@@ -57,12 +57,16 @@ def build_reference_checkpoint(
 def load_reference_model(path: str | Path, dtype: torch.dtype = torch.float32) -> Any:
     """Load a checkpoint with transformers, with the eager attention path (exact comparisons).
 
-    The dtype is set after loading, because older transformers name `from_pretrained`'s argument
-    `torch_dtype` and newer ones `dtype`; the cast gives the same weights either way."""
+    transformers names `from_pretrained`'s dtype argument `dtype` from 4.56 on and `torch_dtype`
+    before (4.48 is the oldest release the book supports)."""
     import transformers
+    from packaging.version import Version  # a dependency of transformers
 
-    model = transformers.PaliGemmaForConditionalGeneration.from_pretrained(path, attn_implementation="eager")
-    return model.to(dtype).eval()
+    dtype_argument = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    model = transformers.PaliGemmaForConditionalGeneration.from_pretrained(
+        path, attn_implementation="eager", **{dtype_argument: dtype}
+    )
+    return model.eval()
 
 
 @torch.no_grad()
