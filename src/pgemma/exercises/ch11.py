@@ -15,8 +15,7 @@ from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from pgemma.processor import ProcessorBatch, load_processor
 from pgemma.shipped import SHIPPED_WORLD, load_shipped_model, shipped_model_folder
 from pgemma.train.data import process
-from pgemma.viz.paligemma import heldout_seed, parameter_counts
-from pgemma.world import TASKS, example
+from pgemma.world import TASKS, example, split_seeds
 
 CHANGES = ("unscaled", "shuffled patches", "another scene's image", "no image")
 
@@ -34,23 +33,25 @@ def projector_weights_only() -> int:
 
 
 @cache
-def paligemma_3b_counts() -> dict[str, int]:
-    """Each part's parameters, counted on the meta device (shapes, no memory); computed once."""
+def paligemma_3b_sizes() -> tuple[int, int]:
+    """(embedding table, every parameter) of PaliGemma-3B, counted on the meta device (shapes, no
+    memory); `parameters()` lists the tied output head once, as the embedding. Computed once."""
     with torch.device("meta"):
-        return parameter_counts(PaliGemmaForConditionalGeneration(PaliGemmaConfig.paligemma_3b_224()))
+        model = PaliGemmaForConditionalGeneration(PaliGemmaConfig.paligemma_3b_224())
+    embedding = model.language_model.model.embed_tokens.weight.numel()
+    return embedding, sum(p.numel() for p in model.parameters())
 
 
 def embedding_share_3b() -> float:
     """11.2: the V x D embedding table over every parameter, the tied output head counted once."""
-    counts = paligemma_3b_counts()
-    return counts["embedding (= output head)"] / sum(counts.values())
+    embedding, total = paligemma_3b_sizes()
+    return embedding / total
 
 
 def embedding_share_head_counted_twice() -> float:
     """A mistake for 11.2: the output head counted as a second V x D matrix."""
-    counts = paligemma_3b_counts()
-    embedding = counts["embedding (= output head)"]
-    return 2 * embedding / (sum(counts.values()) + embedding)
+    embedding, total = paligemma_3b_sizes()
+    return 2 * embedding / (total + embedding)
 
 
 def positions_with_a_loss(batch: ProcessorBatch) -> torch.Tensor:
@@ -66,7 +67,7 @@ def positions_that_predict_the_answer(batch: ProcessorBatch) -> torch.Tensor:
 def example_batch() -> dict:
     """A batch like the chapter's: one held-out scene per task, with answers, the shipped processor."""
     processor = load_processor(shipped_model_folder())
-    scenes = [example(heldout_seed(i), SHIPPED_WORLD, task=task) for i, task in enumerate(TASKS)]
+    scenes = [example(seed, SHIPPED_WORLD, task=task) for seed, task in zip(split_seeds("heldout"), TASKS)]
     return {"batch": process(processor, scenes)}
 
 
