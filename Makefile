@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum
 # The scripts the book serves itself (widget manager, require.js, MathJax), locked in package-lock.json.
 JS     := node_modules/.package-lock.json
 
-.PHONY: install lint test test-fast book notebooks clean
+.PHONY: install lint test test-fast test-oldest book notebooks clean
 
 install: $(STAMP) $(JS)
 
@@ -28,6 +28,26 @@ test: install lint
 
 test-fast: install lint
 	$(BIN)/python -m pytest -m "not slow and not book" tests
+
+# Every chapter under nbval on the oldest versions pyproject.toml declares, in .venv-oldest: the runtime
+# dependencies and the book extra pinned to their lower bounds by constraints-oldest.txt (written by
+# `python -m tools.oldest`), except torch, which stays at 2.13.0 (every other torch wheel on PyPI
+# for Linux is a multi-GB CUDA build). Not part of `make test`; takes a few minutes.
+OLDEST       := .venv-oldest
+OLDEST_STAMP := $(OLDEST)/.installed-$(shell cat constraints-oldest.txt pyproject.toml | cksum | cut -d' ' -f1)
+RUNNER       := $(shell grep -E '^(pytest|nbval)==' requirements.txt)
+
+$(OLDEST_STAMP): constraints-oldest.txt pyproject.toml
+	rm -rf $(OLDEST)
+	$(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet -r constraints-oldest.txt $(RUNNER)
+	$(OLDEST)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+test-oldest: $(OLDEST_STAMP)
+	$(OLDEST)/bin/python -m tools.oldest --check
+	$(OLDEST)/bin/python -m pip list --format=freeze | grep -iE '^(torch|transformers|tokenizers|numpy|pillow|matplotlib|ipywidgets|ipykernel)=='
+	$(OLDEST)/bin/python -m pytest book
 
 # ruff, configured in pyproject.toml: lint rules, and the formatter's check (it changes nothing)
 lint: install

@@ -2,11 +2,13 @@
 
 import re
 
+import pytest
 import tomllib
 import yaml
 from packaging.requirements import Requirement
 
 from tools.book import ROOT
+from tools.oldest import constraints, lower_bound
 
 
 def normalized(name: str) -> str:
@@ -65,3 +67,15 @@ def test_pyproject_has_lower_bounds_only():
         if name == "jupyter-book":  # 2.x is a different, network-bound builder
             continue
         assert operators <= {">="}, f"{name}: runtime and extras take lower bounds only, got {requirement.specifier}"
+
+
+def test_the_oldest_constraints_are_pyprojects_lower_bounds():
+    assert (ROOT / "constraints-oldest.txt").read_text() == constraints(), "run python -m tools.oldest"
+    pins = dict(line.split("==") for line in constraints().splitlines() if not line.startswith("#"))
+    assert pins["transformers"] == lower_bound(direct_dependencies()["transformers"])
+    assert "jupyter-book" not in pins and pins["torch"] == "2.13.0"
+
+
+def test_a_dependency_without_a_lower_bound_is_refused():
+    with pytest.raises(ValueError, match="needs exactly one '>=' lower bound"):
+        lower_bound(Requirement("numpy<3"))

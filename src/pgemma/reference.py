@@ -2,7 +2,8 @@
 
 Book chapter: "Assembling PaliGemma" (and the parity tests in tests/).
 
-``transformers`` is a test dependency only, imported inside the functions. Tested with 5.23.
+``transformers`` is not a dependency of the package (the book and the tests install it), so it is
+imported inside the functions. Tested with 5.23 and, by `make test-oldest`, with 4.48.
 """
 
 from __future__ import annotations
@@ -54,11 +55,16 @@ def build_reference_checkpoint(
 
 
 def load_reference_model(path: str | Path, dtype: torch.dtype = torch.float32) -> Any:
-    """Load a checkpoint with transformers, with the eager attention path (exact comparisons)."""
-    import transformers
+    """Load a checkpoint with transformers, with the eager attention path (exact comparisons).
 
+    transformers names `from_pretrained`'s dtype argument `dtype` from 4.56 on and `torch_dtype`
+    before (4.48 is the oldest release the book supports)."""
+    import transformers
+    from packaging.version import Version  # a dependency of transformers
+
+    dtype_argument = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
     model = transformers.PaliGemmaForConditionalGeneration.from_pretrained(
-        path, dtype=dtype, attn_implementation="eager"
+        path, attn_implementation="eager", **{dtype_argument: dtype}
     )
     return model.eval()
 
