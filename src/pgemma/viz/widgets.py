@@ -138,6 +138,7 @@ def caption(controls: dict[str, widgets.ValueWidget], state: dict[str, tuple[str
 
 
 def figure_image(figure: Figure) -> bytes:
+    """The figure as a lossless WebP image (see the module docstring)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format=IMAGE_FORMAT, dpi=IMAGE_DPI, pil_kwargs={"lossless": True})
     return buffer.getvalue()
@@ -145,6 +146,8 @@ def figure_image(figure: Figure) -> bytes:
 
 def render_states(draw: Callable[..., Figure], controls: dict[str, widgets.ValueWidget]) -> str:
     """Draw every state of `controls` once; return the HTML block that shows any of them with no kernel."""
+    values = {name: control_values(control) for name, control in controls.items()}
+    positions = [value_position(control, values[name]) for name, control in controls.items()]  # before drawing
     states = enumerate_states(controls)
     images: list[str] = []
     image_index: dict[bytes, int] = {}  # sha256 of an image -> its index in `images`
@@ -159,8 +162,6 @@ def render_states(draw: Callable[..., Figure], controls: dict[str, widgets.Value
             image_index[digest] = len(images)
             images.append(f"data:image/{IMAGE_FORMAT};base64,{base64.b64encode(image).decode()}")
         figures.append(image_index[digest])
-    values = {name: control_values(control) for name, control in controls.items()}
-    positions = [value_position(control, values[name]) for name, control in controls.items()]
     data = {
         "sizes": [len(options) for options in values.values()],
         "labels": [[label for label, _ in options] for options in values.values()],
