@@ -193,7 +193,7 @@ def open_page(browser, site: str, visit: Visit, responses: list | None = None):
         lambda response: response.status >= 400 and visit.failed.append(f"{response.url}: HTTP {response.status}"),
     )
     if responses is not None:
-        page.on("response", responses.append)
+        page.on("response", lambda response: responses.append(response))
     page.goto(visit.url, wait_until="load")
     return context, page
 
