@@ -9,12 +9,13 @@ state. The page shows pgemma's own matplotlib figures, so nothing is re-implemen
 Every control therefore has a finite list of values (a slider's min..max by step, a dropdown's
 options), and a widget has at most `MAX_STATES` states: chapters choose documented grids.
 
-Images: lossless WebP at 72 dpi (a figure 10 inches wide is 720 pixels, about the width of the
-book's text). Measured per state, as PNG / lossy WebP (quality 80) / lossless WebP: chapter 7's
-masks 23 / 12 / 7 kB, chapter 3's norms 35 / 16 / 11 kB. Lossless WebP is both the smallest and
-exact; a photo weighs more (chapter 1's patch grid, 108 kB), but those widgets have few states.
-Identical figures are stored once. Drawing, not encoding, sets the time (chapter 3's figure: 0.66 s
-to draw, 0.1 s more to encode), hence `MAX_STATES`.
+Images: WebP at 72 dpi (a figure 10 inches wide is 720 pixels, about the width of the book's
+text), lossless unless lossy WebP at quality 90 is smaller. Measured per state, as PNG / lossy WebP
+(quality 80) / lossless WebP: chapter 7's masks 23 / 12 / 7 kB, chapter 3's norms 35 / 16 / 11 kB;
+line art is smallest, and exact, lossless. A photo is not: chapter 1's patch grid is 108 kB
+lossless and 26 kB at quality 90, which keeps that page under its 5 MB budget. Identical figures
+are stored once. Drawing, not encoding, sets the time (chapter 3's figure: 0.66 s to draw, 0.1 s
+more to encode), hence `MAX_STATES`.
 
 Core ipywidgets only (sliders, dropdowns, boxes, `interactive_output`), so the widgets work with
 ipywidgets 7.7 (Colab) and 8.x alike.
@@ -32,8 +33,10 @@ from importlib import resources
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
+import numpy as np
 from IPython.display import display
 from matplotlib.figure import Figure
+from PIL import Image
 
 LIVE_NOTE = "The controls are live when this notebook runs in Colab or Jupyter."
 MAX_STATES = 120  # a state takes 0.1 to 1 s to draw, and a chapter must run in under 60 s
@@ -138,10 +141,16 @@ def caption(controls: dict[str, widgets.ValueWidget], state: dict[str, tuple[str
 
 
 def figure_image(figure: Figure) -> bytes:
-    """The figure as a lossless WebP image (see the module docstring)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format=IMAGE_FORMAT, dpi=IMAGE_DPI, pil_kwargs={"lossless": True})
-    return buffer.getvalue()
+    """The figure as WebP: lossless, or lossy at quality 90 if that is smaller (see the module docstring)."""
+    figure.set_dpi(IMAGE_DPI)
+    figure.canvas.draw()  # drawn once, encoded twice
+    pixels = Image.fromarray(np.asarray(figure.canvas.buffer_rgba()))
+    encoded = []
+    for options in ({"lossless": True}, {"quality": 90}):
+        buffer = io.BytesIO()
+        pixels.save(buffer, format="WEBP", **options)
+        encoded.append(buffer.getvalue())
+    return min(encoded, key=len)
 
 
 def render_states(draw: Callable[..., Figure], controls: dict[str, widgets.ValueWidget]) -> str:
