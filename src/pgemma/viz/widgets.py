@@ -33,7 +33,6 @@ from importlib import resources
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
-import numpy as np
 from IPython.display import display
 from matplotlib.figure import Figure
 from PIL import Image
@@ -42,6 +41,7 @@ LIVE_NOTE = "The controls are live when this notebook runs in Colab or Jupyter."
 MAX_STATES = 120  # a state takes 0.1 to 1 s to draw, and a chapter must run in under 60 s
 IMAGE_FORMAT, IMAGE_DPI = "webp", 72
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+CONTROLS_STYLE = "display:flex;flex-wrap:wrap;align-items:center;gap:0.5em 1.5em;margin-bottom:0.75em"
 
 
 class InteractiveFigure(widgets.VBox):
@@ -142,9 +142,9 @@ def caption(controls: dict[str, widgets.ValueWidget], state: dict[str, tuple[str
 
 def figure_image(figure: Figure) -> bytes:
     """The figure as WebP: lossless, or lossy at quality 90 if that is smaller (see the module docstring)."""
-    figure.set_dpi(IMAGE_DPI)
-    figure.canvas.draw()  # drawn once, encoded twice
-    pixels = Image.fromarray(np.asarray(figure.canvas.buffer_rgba()))
+    drawn = io.BytesIO()  # drawn once, encoded twice; cropped to its contents, as Jupyter shows figures
+    figure.savefig(drawn, format="png", dpi=IMAGE_DPI, bbox_inches="tight")
+    pixels = Image.open(drawn)
     encoded = []
     for options in ({"lossless": True}, {"quality": 90}):
         buffer = io.BytesIO()
@@ -213,16 +213,16 @@ def static_html(
                 f'max="{len(values[name]) - 1}" step="1" value="{positions[k]}">'
                 f"<output>{html.escape(values[name][positions[k]][0])}</output>"
             )
-        rows.append(f'<label class="pgemma-control" style="margin-right:1.5em">{label} {field}</label>')
+        rows.append(f'<label class="pgemma-control" style="white-space:nowrap">{label} {field}</label>')
     # "</" must not end the script element early; JSON reads "<\/" as "</".
     states = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     script = resources.files("pgemma.viz").joinpath("static_widget.js").read_text()
     text = html.escape(data["captions"][current])
     return (
         f'<div class="pgemma-widget" data-state="{current}">'
-        f'<div class="pgemma-controls" style="display:flex;flex-wrap:wrap">{"".join(rows)}</div>'
+        f'<div class="pgemma-controls" style="{CONTROLS_STYLE}">{"".join(rows)}</div>'
         f'<img class="pgemma-figure" src="{data["images"][data["figures"][current]]}" alt="{text}" '
-        'style="max-width:100%">'
+        'style="display:block;max-width:100%">'
         f'<p class="pgemma-caption" style="font-size:small">{text}</p>'
         f'<script type="application/json" class="pgemma-states">{states}</script>'
         f"<script>{script}</script></div>"
