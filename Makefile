@@ -58,7 +58,7 @@ book: install
 	$(BIN)/jupyter-book build . -W --keep-going
 	@echo "The book is at $(CURDIR)/_build/html/index.html"
 
-# Re-execute chapters in place (outputs, timings and widget state are saved): make notebooks [NB=book/x.ipynb]
+# Re-execute chapters in place (outputs and timings are saved): make notebooks [NB=book/x.ipynb]
 notebooks: install
 	$(BIN)/python -m tools.execute_notebooks $(NB)
 

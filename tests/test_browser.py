@@ -1,10 +1,13 @@
 """The built book in a real browser (headless Chromium), served on loopback with no network.
 
-For every page of `_toc.yml`: no JavaScript error, no request leaves 127.0.0.1 (the widget manager,
-require.js and MathJax are served by the book), every image loads, every formula is typeset,
-every saved widget is drawn with all its sliders, every internal link and anchor resolves, and
-the launch buttons open this chapter's notebook in Colab and Binder. A screenshot of each page
-(and of each widget) is saved under `_build/screenshots/` for a human to look at.
+For every page of `_toc.yml`: no JavaScript error, no request leaves 127.0.0.1 (MathJax is served
+by the book, and each widget carries its own script), every image loads, every formula is typeset,
+every internal link and anchor resolves, the launch buttons open this chapter's notebook in Colab
+and Binder, and the page with everything it loads weighs under 5 MB and loads in under 2 s. Every
+widget is drawn with all its controls, and moving any control shows the figure pgemma drew for
+the new state. A screenshot of each page, and of each widget in a changed state, is saved under
+`_build/screenshots/` for a human to look at; `_build/screenshots/page_weights.md` lists the
+weight and load time of every page.
 
 Chromium comes from the system (Debian's `chromium`, installed by `.ci/run`), driven by the
 `playwright` package with `executable_path` (Playwright's own browser download is not used).
@@ -14,9 +17,7 @@ Without Chromium these tests are skipped locally, and fail in CI (where CI=true)
 from __future__ import annotations
 
 import functools
-import html
 import http.server
-import json
 import os
 import re
 import shutil
@@ -47,10 +48,44 @@ CHROMIUM_FLAGS = [
 ]
 TIMEOUT_MS = 30_000
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-SLIDERS = ".widget-slider, .jupyter-widget-slider"
-CORE_MODULES = {"@jupyter-widgets/base", "@jupyter-widgets/controls", "@jupyter-widgets/output"}
+WIDGET = ".pgemma-widget"  # the HTML that pgemma.viz.widgets saves with each widget's output
+MAX_PAGE_BYTES = 5_000_000
+MAX_LOAD_MS = 2_000
 LAUNCH_HOSTS = {"colab": "https://colab.research.google.com/github/", "binder": "https://mybinder.org/v2/gh/"}
+
+
+def mask_texts(tokens: int) -> list[str]:
+    """Chapter 7 highlights query 2 (clipped to the last token) of a row of `tokens` tokens."""
+    return [f"query {min(2, tokens - 1)} (", f"of {tokens} keys"]
+
+
+# What each chapter's figure prints for a state, from the values its controls show (description ->
+# label): the widget's caption carries the figure's own titles, so these prove the figure shown is
+# the one drawn for that state.
+EXPECTED: dict[str, Callable[[dict[str, str]], list[str]]] = {
+    "01_tensors_patches_tokens": lambda v: [
+        f"patch {v['patch size']}x{v['patch size']}: {224 // int(v['patch size'])} x {224 // int(v['patch size'])}"
+    ],
+    "02_contrastive_learning": lambda v: [f"t = {float(v['temperature t']):.1f}, b = {float(v['bias b']):.1f}"],
+    "03_normalization": lambda v: [
+        f"{v['norm']}, batch of {v['batch size']}, inputs x {'5 + 3' if v['inputs'] == '5 x + 3' else '1 + 0'}"
+    ],
+    "04_cnn_vs_vit": lambda v: [f"pixel ({v['pixel row']}, {v['pixel column']})", f"layer {v['layer']}"],
+    "05_multi_head_attention": lambda v: [f"head {v['head']}", f"query {v['query position']} (token"],
+    "06_kv_cache": lambda v: [
+        f"writing token {v['generated token']} {'with' if v['cache'] == 'with the cache' else 'without'} the cache"
+    ],
+    "07_attention_masks": lambda v: mask_texts(sum(int(label) for label in v.values())),
+    "08_rope": lambda v: [f"pair {v['pair i']}, position {v['position m']}:"],
+    "09_transformer_blocks": lambda v: [f"(position {v['position']})"],
+    "10_processor": lambda v: [f"seed {v['scene seed']}:"],
+    "11_paligemma": lambda v: [
+        f"held-out scene {v['held-out scene']}",
+        f"({'mean over layers' if v['decoder layer'] == 'mean' else 'layer ' + v['decoder layer']}, mean over heads)",
+    ],
+    "12_decoding": lambda v: [v["step"], f"T = {float(v['temperature']):g}"],
+    "13_paligemma2": lambda v: [f"sliding layers: window {v['window']}", f"query {v['query']} ("],
+}
 
 SOURCES = chapter_files()
 PAGES = {source.relative_to(ROOT).with_suffix(".html").as_posix(): source for source in SOURCES}
@@ -84,10 +119,12 @@ class Visit:
     math: int = 0  # formulas on the page (Sphinx's .math elements)
     typeset: int = 0  # formulas MathJax replaced by an mjx-container
     math_errors: int = 0  # TeX errors MathJax drew (mjx-merror)
-    saved_views: int = 0  # widget views saved in the page
-    drawn_views: int = 0  # widget areas the widget manager drew, with a non-zero size
-    saved_sliders: int = 0  # slider models in the saved widget state
-    drawn_sliders: int = 0  # slider elements in the page
+    widgets: int = 0  # pgemma widgets in the page
+    drawn_widgets: int = 0  # of them, drawn with a non-zero size and a loaded figure
+    controls: list[int] = field(default_factory=list)  # controls drawn per widget
+    saved_controls: list[int] = field(default_factory=list)  # controls in each widget's saved states
+    bytes: int = 0  # the page and everything it loaded
+    load_ms: float = 0.0  # from the request to the end of the load event
     links: list[str] = field(default_factory=list)  # absolute urls of every <a href>
     text: str = ""
 
@@ -126,21 +163,8 @@ def browser():
         chromium.close()
 
 
-def saved_models(page_html: str) -> list[dict]:
-    """Every widget model in a page's embedded widget state."""
-    blocks = re.findall(rf'<script type="{re.escape(WIDGET_STATE)}">(.*?)</script>', page_html, re.S)
-    return [model for block in blocks for model in json.loads(html.unescape(block))["state"].values()]
-
-
-def saved_widgets(page_html: str) -> tuple[int, int]:
-    """(widget views, slider models) saved in a page."""
-    sliders = sum(model["model_name"].endswith("SliderModel") for model in saved_models(page_html))
-    return page_html.count(f'type="{WIDGET_VIEW}"'), sliders
-
-
-def browse(browser, site: str, built_book: Path, page_path: str) -> Visit:
-    visit = Visit(url=site + page_path)
-    visit.saved_views, visit.saved_sliders = saved_widgets((built_book / page_path).read_text())
+def open_page(browser, site: str, visit: Visit, responses: list | None = None):
+    """A fresh browser context on `visit.url` that records errors, requests leaving the site, failures."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(TIMEOUT_MS)
 
@@ -168,19 +192,20 @@ def browse(browser, site: str, built_book: Path, page_path: str) -> Visit:
         "response",
         lambda response: response.status >= 400 and visit.failed.append(f"{response.url}: HTTP {response.status}"),
     )
+    if responses is not None:
+        page.on("response", lambda response: responses.append(response))
     page.goto(visit.url, wait_until="load")
+    return context, page
+
+
+def browse(browser, site: str, built_book: Path, page_path: str) -> Visit:
+    visit = Visit(url=site + page_path)
+    responses = []
+    context, page = open_page(browser, site, visit, responses)
+    visit.load_ms = page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd")
 
     # MathJax 3 typesets after start-up; widgets are drawn after the load event.
     page.evaluate("async () => { if (window.MathJax && MathJax.startup) await MathJax.startup.promise; }")
-    if visit.saved_views:
-        try:
-            page.wait_for_function(
-                """([views, sliders, selector]) => document.querySelectorAll('.widget-subarea').length >= views
-                   && document.querySelectorAll(selector).length >= sliders""",
-                arg=[visit.saved_views, visit.saved_sliders, SLIDERS],
-            )
-        except Exception as error:  # reported by the widget test, with the counts
-            visit.errors.append(f"widgets not drawn in {TIMEOUT_MS} ms: {type(error).__name__}")
     page.evaluate("""async () => {
         for (const image of document.images) image.loading = 'eager';
         await Promise.all(Array.from(document.images, image => image.complete ? null :
@@ -189,35 +214,39 @@ def browse(browser, site: str, built_book: Path, page_path: str) -> Visit:
     page.wait_for_timeout(300)  # late console errors
 
     facts = page.evaluate(
-        """(sliders) => {
+        """(widget) => {
         const visible = element => element.getBoundingClientRect().width > 0 && element.getBoundingClientRect().height > 0;
         const maths = Array.from(document.querySelectorAll('.math'));
+        const widgets = Array.from(document.querySelectorAll(widget));
         return {
             images: Array.from(document.images, image => [image.currentSrc || image.src, image.naturalWidth]),
             static_figures: Array.from(document.querySelectorAll('.cell_output img'))
-                .filter(image => !image.closest('.widget-subarea')).length,
+                .filter(image => !image.closest(widget)).length,
             math: maths.length,
             typeset: maths.filter(element => element.querySelector('mjx-container')).length,
             math_errors: document.querySelectorAll('mjx-merror').length,
-            drawn_views: Array.from(document.querySelectorAll('.widget-subarea')).filter(visible).length,
-            drawn_sliders: document.querySelectorAll(sliders).length,
+            widgets: widgets.length,
+            drawn_widgets: widgets.filter(w => visible(w) && w.querySelector('img').naturalWidth > 0).length,
+            controls: widgets.map(w => w.querySelectorAll('[data-control]').length),
+            saved_controls: widgets.map(w => JSON.parse(w.querySelector('.pgemma-states').textContent).sizes.length),
             links: Array.from(document.querySelectorAll('a[href]'), anchor => anchor.href),
             text: document.body.innerText,
         };
     }""",
-        SLIDERS,
+        WIDGET,
     )
     for name, value in facts.items():
         setattr(visit, name, [tuple(item) for item in value] if name == "images" else value)
+    visit.bytes = sum(len(response.body()) for response in responses if response.status == 200)
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    stem = page_path.removesuffix(".html").replace("/", "__")
-    page.screenshot(path=str(SCREENSHOTS / f"{stem}.png"), full_page=True)
-    for index, area in enumerate(page.locator(".widget-subarea").all()):
-        area.scroll_into_view_if_needed()
-        area.screenshot(path=str(SCREENSHOTS / f"{stem}__widget{index + 1}.png"))
+    page.screenshot(path=str(SCREENSHOTS / f"{stem_of(page_path)}.png"), full_page=True)
     context.close()
     return visit
+
+
+def stem_of(page_path: str) -> str:
+    return page_path.removesuffix(".html").replace("/", "__")
 
 
 @pytest.fixture(scope="session")
@@ -257,27 +286,112 @@ def test_mathjax_typesets_every_formula(visit, page_path):
         assert seen.math > 0, f"{page_path}: a chapter explains its idea with math, and this one has none"
 
 
-@pytest.mark.parametrize("page_path", NOTEBOOK_PAGES)
-def test_widgets_are_core_widgets(built_book, page_path):
-    """The book ships only the core widget modules; they exist in ipywidgets 7.7 (Colab) and 8."""
-    modules = {model["model_module"] for model in saved_models((built_book / page_path).read_text())}
-    assert modules <= CORE_MODULES, f"{page_path}: widgets from {modules - CORE_MODULES}"
+@pytest.mark.parametrize("page_path", PAGES)
+def test_page_weighs_under_5_mb_and_loads_in_under_2_s(visit, page_path):
+    seen = visit(page_path)
+    assert seen.bytes < MAX_PAGE_BYTES, f"{page_path}: the page and what it loads weigh {seen.bytes:,} bytes"
+    assert seen.load_ms < MAX_LOAD_MS, f"{page_path}: loaded in {seen.load_ms:.0f} ms"
+
+
+def test_page_weights_table(visit):
+    """Write (and print, with pytest -s) every page's weight and load time."""
+    rows = [f"| {page} | {visit(page).bytes / 1e6:.2f} | {visit(page).load_ms:.0f} |" for page in PAGES]
+    table = "\n".join(["| page | MB | load ms |", "|---|---|---|", *rows])
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS / "page_weights.md").write_text(table + "\n")
+    print(table)
+    assert all(visit(page).bytes > 0 for page in PAGES)
+
+
+@pytest.mark.parametrize("page_path", PAGES)
+def test_no_ipywidget_state_or_manager_in_the_page(built_book, page_path):
+    """Widgets are HTML with their own script: a saved ipywidget state or widget manager is dead weight."""
+    page = (built_book / page_path).read_text()
+    assert WIDGET_STATE not in page, f"{page_path}: saved ipywidget state (re-run make notebooks)"
+    assert "embed-amd" not in page and "require.js" not in page, f"{page_path}: loads the ipywidgets manager"
 
 
 @pytest.mark.parametrize("page_path", NOTEBOOK_PAGES)
 def test_every_widget_is_drawn_next_to_a_static_figure(visit, page_path):
     seen = visit(page_path)
-    assert seen.saved_views > 0, f"{page_path}: no widget saved in the page (run make notebooks)"
-    assert seen.drawn_views == seen.saved_views, f"{page_path}: {seen.drawn_views} of {seen.saved_views} widgets drawn"
-    assert seen.drawn_sliders == seen.saved_sliders, (
-        f"{page_path}: {seen.drawn_sliders} sliders drawn, {seen.saved_sliders} in the saved widget state"
+    assert seen.widgets > 0, f"{page_path}: no widget in the page (run make notebooks)"
+    assert seen.drawn_widgets == seen.widgets, f"{page_path}: {seen.drawn_widgets} of {seen.widgets} widgets drawn"
+    assert seen.controls == seen.saved_controls, (
+        f"{page_path}: controls drawn per widget {seen.controls}, in the saved states {seen.saved_controls}"
     )
-    assert seen.static_figures >= seen.saved_views, (
-        f"{page_path}: {seen.static_figures} static figures for {seen.saved_views} widgets"
+    assert seen.static_figures >= seen.widgets, (
+        f"{page_path}: {seen.static_figures} static figures for {seen.widgets} widgets"
     )
     assert re.search(r"live[^.]{0,80}\bColab\b", seen.text), (
         f"{page_path}: the page does not say that the controls are live in Colab or locally"
     )
+
+
+def widget_shows(widget) -> dict:
+    """The state a widget shows: its number, figure, caption, and the value next to each control."""
+    widget.evaluate("""async w => { const image = w.querySelector('img'); if (!image.complete)
+        await new Promise(done => { image.onload = image.onerror = done; }); }""")
+    return widget.evaluate("""w => ({
+        state: w.dataset.state,
+        src: w.querySelector('img').src,
+        width: w.querySelector('img').naturalWidth,
+        alt: w.querySelector('img').alt,
+        caption: w.querySelector('.pgemma-caption').textContent,
+        values: Object.fromEntries(Array.from(w.querySelectorAll('[data-control]'), c => [
+            c.getAttribute('aria-label'),
+            c.tagName === 'SELECT' ? c.options[c.selectedIndex].text : c.parentNode.querySelector('output').textContent,
+        ])),
+    })""")
+
+
+def moves(control) -> list[int]:
+    """Positions to move a control to: two other values of a slider (there and back if it has only
+    two), another option of a dropdown."""
+    current = int(control.input_value())
+    if control.evaluate("c => c.tagName") == "SELECT":
+        return [1 if current == 0 else 0]
+    others = [p for p in dict.fromkeys([0, int(control.get_attribute("max")), 1]) if p != current]
+    return others[:2] if len(others) >= 2 else [others[0], current]
+
+
+def move(page, control, position: int) -> None:
+    """Move a control as a reader does: arrow keys on a slider, a choice in a dropdown."""
+    if control.evaluate("c => c.tagName") == "SELECT":
+        control.select_option(str(position))
+        return
+    control.focus()
+    steps = position - int(control.input_value())
+    for _ in range(abs(steps)):
+        page.keyboard.press("ArrowRight" if steps > 0 else "ArrowLeft")
+
+
+@pytest.mark.parametrize("page_path", NOTEBOOK_PAGES)
+def test_every_control_of_every_widget_shows_the_figure_of_its_state(browser, site, page_path):
+    expected = EXPECTED[Path(page_path).stem]
+    visit = Visit(url=site + page_path)
+    context, page = open_page(browser, site, visit)
+    widgets = page.locator(WIDGET).all()
+    assert widgets, f"{page_path}: no widget"
+    for index, widget in enumerate(widgets):
+        for control in widget.locator("[data-control]").all():
+            name = control.get_attribute("aria-label")
+            for position in moves(control):
+                before = widget_shows(widget)
+                move(page, control, position)
+                after = widget_shows(widget)
+                where = f"{page_path}, widget {index + 1}, {name!r} to position {position}"
+                assert after["state"] != before["state"] and after["src"] != before["src"], f"{where}: figure unchanged"
+                assert after["width"] > 0, f"{where}: the figure does not load"
+                assert after["alt"] == after["caption"], f"{where}: alt text and caption differ"
+                for text in [f"{description} = {label}" for description, label in after["values"].items()]:
+                    assert text in after["caption"], f"{where}: {text!r} not in {after['caption']!r}"
+                for text in expected(after["values"]):
+                    assert text in after["caption"], f"{where}: the figure should show {text!r}: {after['caption']!r}"
+        widget.scroll_into_view_if_needed()
+        widget.screenshot(path=str(SCREENSHOTS / f"{stem_of(page_path)}__widget{index + 1}.png"))
+    context.close()
+    assert not visit.errors, f"{page_path}: JavaScript errors:\n" + "\n".join(visit.errors)
+    assert not visit.outside, f"{page_path}: requests leave the book:\n" + "\n".join(visit.outside)
 
 
 def target_exists(built_book: Path, url: str) -> str | None:

@@ -125,4 +125,8 @@ def test_widgets_have_a_static_twin_and_ignored_outputs(path):
         )
     markdown = "\n".join(cell_source(c) for c in notebook["cells"] if c["cell_type"] == "markdown")
     assert "live" in markdown and "Colab" in markdown, f"{path.name}: say the controls are live in Colab"
-    assert "widgets" in notebook["metadata"], f"{path.name}: widget state not saved (use make notebooks)"
+    pages = [out["data"] for c in widget_cells for out in c["outputs"] if WIDGET_MIME in out.get("data", {})]
+    assert all("pgemma-widget" in "".join(data.get("text/html", "")) for data in pages), (
+        f"{path.name}: a widget output has no HTML for the book (use make notebooks)"
+    )
+    assert "widgets" not in notebook["metadata"], f"{path.name}: widget state saved, unused by the book"

@@ -1,4 +1,7 @@
-"""Execute chapters in place, saving outputs, timings and widget state (used by `make notebooks`).
+"""Execute chapters in place, saving outputs and timings (used by `make notebooks`).
+
+Widget state is not saved: a widget's output carries its own HTML, with the figure of every state
+(`pgemma.viz.widgets`), which the book shows; the saved state would only add weight to the page.
 
 Usage: python -m tools.execute_notebooks [book/NAME.ipynb ...]   (default: every listed chapter)
 """
@@ -26,7 +29,7 @@ def execute(path: Path) -> float:
             timeout=CELL_TIMEOUT_SECONDS,
             kernel_name="python3",
             record_timing=True,
-            store_widget_state=True,
+            store_widget_state=True,  # nbclient's Output-widget hook needs it while running
             resources={"metadata": {"path": str(path.parent)}},
         )
         start = time.perf_counter()
@@ -36,6 +39,7 @@ def execute(path: Path) -> float:
             print(f"{path}: attempt {attempt} stalled ({type(error).__name__}), starting again", flush=True)
             continue
         seconds = time.perf_counter() - start
+        notebook.metadata.pop("widgets", None)  # not saved (see above)
         nbformat.write(notebook, path)
         return seconds
     raise RuntimeError(f"{path}: execution stalled {ATTEMPTS} times")

@@ -1,12 +1,11 @@
 """Sphinx extension for the book: pages that work with no network, and a dated intro page.
 
-By default myst-nb loads require.js and the ipywidgets embed manager from CDNs, and Sphinx loads
-MathJax from one: offline, widget areas stay blank and math stays raw TeX. `make book` and
-`make test` run `npm ci`, which installs the versions locked in `package-lock.json` into
+By default Sphinx loads MathJax from a CDN: offline, math stays raw TeX. `make book` and
+`make test` run `npm ci`, which installs the version locked in `package-lock.json` into
 `node_modules/`; this extension copies the files the pages use into the built site, under
-`_static/widgets/` and `_static/mathjax/`, where `_config.yml` points `nb_ipywidgets_js` and
-`mathjax_path`. They never live in a source `_static/` folder, from which Jupyter Book would add
-every script to every page (the widget manager would then run before require.js, on every page).
+`_static/mathjax/`, where `_config.yml` points `mathjax_path`. They never live in a source
+`_static/` folder, from which Jupyter Book would add every script to every page. (Widgets need no
+script from here: each carries its own, inlined by `pgemma.viz.widgets`.)
 
 It also:
 - sets the substitutions `{{ pgemma_version }}` and `{{ build_date }}` used by the intro page
@@ -28,16 +27,9 @@ from sphinx.errors import ExtensionError
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_MODULES = ROOT / "node_modules"
-# Our own glue between require.js, the widget manager and MathJax 3 (see the file).
-SETUP_SCRIPT = Path(__file__).with_name("widgets-setup.js")
 
 # destination folder under _static/ -> (package folder in node_modules, files or glob patterns)
 ASSETS: dict[str, list[tuple[str, list[str]]]] = {
-    "widgets": [
-        ("requirejs", ["require.js"]),
-        # embed-amd.js bundles the core widgets of ipywidgets 8 (and 7); the fonts are its icons.
-        ("@jupyter-widgets/html-manager/dist", ["embed-amd.js", "*.woff2", "*.woff", "*.ttf", "*.eot", "*.svg"]),
-    ],
     "mathjax": [
         # The combined component plus what it loads at run time, relative to its own url:
         # TeX extensions (autoloaded by macros such as \boldsymbol), fonts, the menu.
@@ -58,7 +50,7 @@ ASSETS: dict[str, list[tuple[str, list[str]]]] = {
 
 def asset_sources() -> list[tuple[Path, Path]]:
     """(file or folder in node_modules, path relative to the built _static/) for every asset."""
-    pairs = [(SETUP_SCRIPT, Path("widgets/setup.js"))]
+    pairs = []
     for destination, packages in ASSETS.items():
         for package, patterns in packages:
             base = NODE_MODULES / package
