@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
-# The scripts the book serves itself (widget manager, require.js, MathJax), locked in package-lock.json.
+# The script the book serves itself (MathJax), locked in package-lock.json.
 JS     := node_modules/.package-lock.json
 
 .PHONY: install lint test test-fast test-oldest book notebooks clean
