@@ -480,3 +480,24 @@ def test_intro_shows_the_pgemma_version_and_build_date(built_book):
     assert re.search(rf"Built on \d{{4}}-\d{{2}}-\d{{2}} from\s+pgemma\s+{re.escape(pgemma.__version__)}", text), (
         "the intro page does not show the pgemma version and the build date"
     )
+
+
+def test_icons_are_drawn_by_the_theme_web_fonts(browser, site):
+    """The theme's icons come from Font Awesome's web fonts, as its stylesheet says; the 1.5 MB
+    script that redraws them as SVG is left out of every page (tools/offline_assets.py)."""
+    page_path = next(iter(PAGES))
+    visit = Visit(url=site + page_path)
+    context, page = open_page(browser, site, visit)
+    try:
+        assert "fontawesome.js" not in page.content(), f"{page_path}: still loads fontawesome.js"
+        drawn = page.evaluate("""async () => {
+            await document.fonts.ready;
+            const icon = document.querySelector('.fa-solid, .fas');
+            const before = getComputedStyle(icon, '::before');
+            const loaded = [...document.fonts].filter(f => f.family.includes('Font Awesome') && f.status === 'loaded');
+            return {family: before.fontFamily, content: before.content, loaded: loaded.length};
+        }""")
+    finally:
+        context.close()
+    assert "Font Awesome" in drawn["family"] and drawn["content"] not in ("none", "normal", '""'), drawn
+    assert drawn["loaded"] >= 1, f"{page_path}: no Font Awesome web font was loaded: {drawn}"

@@ -11,13 +11,17 @@ It also:
 - sets the substitutions `{{ pgemma_version }}` and `{{ build_date }}` used by the intro page
   (the date honours SOURCE_DATE_EPOCH, for reproducible builds);
 - drops repeated inline scripts from each page: sphinx-thebe and sphinx-togglebutton register
-  theirs twice, and a second `const THEBE_JS_URL` declaration is a JavaScript error on every page.
+  theirs twice, and a second `const THEBE_JS_URL` declaration is a JavaScript error on every page;
+- drops the theme's `fontawesome.js` from every page: the theme's stylesheet already draws the
+  same icons with Font Awesome's web fonts (about 0.3 MB, fetched once), and the script, which
+  redraws them as SVG, weighed 1.5 MB on every page, a third of a chapter's budget of 5 MB.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -82,6 +86,19 @@ def copy_assets(app: Sphinx, exception: Exception | None) -> None:
             shutil.copy2(source, target)
 
 
+FONTAWESOME_SCRIPT = re.compile(r'<script[^>]*src="[^"]*_static/scripts/fontawesome\.js[^"]*"[^>]*></script>\s*')
+
+
+def drop_fontawesome_script(app: Sphinx, exception: Exception | None) -> None:
+    if exception is not None or app.builder.format != "html":
+        return
+    for page in Path(app.builder.outdir).rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        lean = FONTAWESOME_SCRIPT.sub("", text)
+        if lean != text:
+            page.write_text(lean, encoding="utf-8")
+
+
 def build_date() -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     moment = (
@@ -118,4 +135,5 @@ def setup(app: Sphinx) -> dict:
     app.connect("builder-inited", check_assets)
     app.connect("html-page-context", drop_repeated_scripts, priority=900)
     app.connect("build-finished", copy_assets)
+    app.connect("build-finished", drop_fontawesome_script)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
