@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from pgemma.lora import ADAPTER_WEIGHTS_NAME
 from pgemma.processor import PaliGemmaProcessor
 from pgemma.train import distributed, stage0, stage1
 from pgemma.train import finetune as ft
@@ -226,6 +227,51 @@ def test_fine_tuning_gives_the_loss_and_gradients_of_one_process_and_rank_0_alon
     assert (two / "writes1.txt").read_text() == ""
 
 
+def finetune_recording_steps(rank: int, out: Path, base: Path, crash_at: int | None) -> None:
+    """A LoRA fine-tuning of `base` in `out` (4 steps, checkpoints at 2 and 4), noting in out/../writes{rank}.txt
+    every file the rank writes in `out` and in out/../steps{rank}.txt the steps it trains; rank 1 alone raises
+    at step `crash_at`."""
+    written, steps, examples = record_writes(out), [], ft.finetune_examples
+
+    def crashing(step, *args):
+        steps.append(step)
+        if rank == 1 and step == crash_at:
+            raise RuntimeError(f"stopped at step {step}")
+        return examples(step, *args)
+
+    ft.finetune_examples = crashing
+    try:
+        with distributed.process_group(timeout=60):
+            ft.finetune(finetune_settings(base, "lora", steps=4), out, eval_scenes=1)
+    finally:
+        (out.parent / f"writes{rank}.txt").write_text("\n".join(written))
+        (out.parent / f"steps{rank}.txt").write_text(" ".join(map(str, steps)))
+
+
+@pytest.mark.slow
+def test_a_fine_tuning_whose_rank_fails_stops_resumes_from_rank_0s_checkpoint_and_ends_like_one_process(base, tmp_path):
+    ft.finetune(finetune_settings(base, "lora", steps=4), tmp_path / "one", eval_scenes=1)
+    expected = load_file(tmp_path / "one" / ft.ADAPTER_FOLDER / ADAPTER_WEIGHTS_NAME)
+
+    out = tmp_path / "two"
+    assert run_ranks(2, tmp_path, finetune_recording_steps, out, base, 3) == [1, 1]
+    assert "rank 1 of 2 stopped: stopped at step 3" in log_of(tmp_path, 1)
+    assert "rank 0 of 2 stopped" in log_of(tmp_path, 0) and "another rank stopped first" in log_of(tmp_path, 0)
+    assert "finetune.safetensors" in (tmp_path / "writes0.txt").read_text()  # rank 0 saved step 2
+    assert (tmp_path / "writes1.txt").read_text() == ""
+    assert not (out / ft.ADAPTER_FOLDER).exists()
+
+    assert run_ranks(2, tmp_path, finetune_recording_steps, out, base, None) == [0, 0]
+    for rank in range(2):  # both resume from rank 0's checkpoint of step 2
+        assert (tmp_path / f"steps{rank}.txt").read_text() == "2 3"
+    assert (tmp_path / "writes1.txt").read_text() == ""
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    weights = load_file(out / ft.ADAPTER_FOLDER / ADAPTER_WEIGHTS_NAME)
+    assert set(weights) == set(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(weights[name], value, rtol=1e-3, atol=1e-4, msg=name)
+
+
 # ----------------------------------------------------------------------------------------------
 # Whole runs: the same weights, rank 0 alone writes, resuming, failing ranks
 
@@ -312,19 +358,34 @@ def test_a_rank_that_fails_stops_the_others_with_a_message(how, stage, tmp_path)
         assert "error: rank 1 of 2 stopped: a failure at step 3" in log_of(tmp_path, 1)
 
 
-@pytest.mark.slow
-def test_torchrun_runs_the_command_line_on_two_processes(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "pgemma.train"]
-        + [*TRAIN, "--out", str(tmp_path)],
+def torchrun(*argv: str) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node=2 -m pgemma.train ARGV`, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "pgemma.train", *argv],
         capture_output=True,
         text=True,
         timeout=300,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_command_line_on_two_processes(tmp_path):
+    result = torchrun(*TRAIN, "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("held-out scenes: 4") == 1  # rank 0 reports
     assert (tmp_path / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_fine_tuning_command_line_on_two_processes(base, tmp_path):
+    options = ["--mode", "lora", "--rank", "2", "--steps", "2", "--batch-size", "2", "--eval-every", "0"]
+    result = torchrun(
+        "finetune", str(base), "--out", str(tmp_path), *options, "--curve-scenes", "1", "--eval-scenes", "1"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("adapter written to") == 1  # rank 0 reports
+    assert (tmp_path / ft.ADAPTER_FOLDER / ADAPTER_WEIGHTS_NAME).exists()
 
 
 def test_without_torchrun_there_is_one_process_and_nothing_is_exchanged(monkeypatch):
