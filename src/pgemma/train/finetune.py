@@ -29,10 +29,10 @@ time and memory the run took) and the result: ``model/``, a checkpoint folder in
 or, for LoRA, ``adapter/``, the adapter alone in PEFT's format (`lora.save_adapter`).
 
 Under torchrun it trains data-parallel as stage 1 does (`pgemma.train.distributed`): each rank
-takes its slice of every step's batch, the gradients are averaged, so a step equals one process's
-on the whole batch up to rounding; rank 0 alone evaluates and writes, every rank resumes from its
-checkpoint, and a rank that fails stops the others. The batch size must split evenly over the
-ranks; the times in curves.json are rank 0's.
+takes its slice of every step's batch and the gradients are averaged, so a step equals one
+process's on the whole batch up to rounding; rank 0 alone evaluates and writes, every rank
+resumes from rank 0's checkpoint, and a rank that fails stops the others. The batch size must
+split evenly over the ranks; the times in curves.json are rank 0's.
 """
 
 import argparse
