@@ -8,10 +8,11 @@ name as its id (``test_x[multi_query]``); a test about one particular config tak
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,8 @@ from pgemma.config import (
 from pgemma.gemma import GemmaForCausalLM
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from pgemma.tokenizer import BOS, EOS, IMAGE, LOC_TOKENS, PAD, UNK, PaliGemmaTokenizer, train_tokenizer
+from pgemma.train.__main__ import export
+from pgemma.train.recipe import Recipe, build_model, build_tokenizer
 from tools.book import ROOT
 
 # Multi-query (the real model's structure), grouped-query and multi-head attention, with different
@@ -332,6 +335,19 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, make_tokenizer: Callabl
     )
     build_reference_checkpoint(folder, config, seed=0)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random PaliGemma's checkpoint folder (`Recipe.tiny()`), with the recipe.json that names its world:
+    a model to fine-tune."""
+    recipe = Recipe.tiny()
+    tokenizer = build_tokenizer(recipe.world, recipe.model.vocab_size)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("base")
+    export(build_model(recipe.model, recipe.world, tokenizer), tokenizer, folder)
+    (folder / "recipe.json").write_text(json.dumps(asdict(recipe)))
     return folder
 
 

@@ -1,5 +1,5 @@
-"""Tests for pgemma.train.distributed: training on 2 and 4 local processes (gloo on the CPU) gives the
-losses, gradients and weights of one process on the same global batch; rank 0 alone writes; a run
+"""Tests for pgemma.train.distributed: training and fine-tuning on 2 and 4 local processes (gloo on the CPU)
+give the losses, gradients and weights of one process on the same global batch; rank 0 alone writes; a run
 resumes; a rank that fails or hangs makes the others stop with a message instead of waiting forever."""
 
 import multiprocessing
@@ -16,10 +16,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from pgemma.lora import ADAPTER_WEIGHTS_NAME
 from pgemma.processor import PaliGemmaProcessor
 from pgemma.train import distributed, stage0, stage1
+from pgemma.train import finetune as ft
 from pgemma.train.__main__ import main, run
-from pgemma.train.recipe import Recipe, build_model, build_tokenizer
+from pgemma.train.recipe import Recipe, StageConfig, build_model, build_tokenizer
 
 RECIPE = Recipe.tiny()  # batch 8: 4, or 2, examples per rank
 SHORT = replace(  # checkpoints at steps 4 and 8 (and the last) of each stage
@@ -78,16 +80,26 @@ def log_of(logs: Path, rank: int) -> str:
     return (logs / f"rank{rank}.log").read_text()
 
 
+def record_writes(out: Path) -> list[str]:
+    """The list, filled as this process goes on, of every file it creates, writes, moves or deletes in `out`."""
+    written = []
+
+    def audit(event: str, args: tuple) -> None:
+        if event in ("open", "os.rename", "os.remove", "os.mkdir") and str(args[0]).startswith(str(out)):
+            if event != "open" or args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                written.append(f"{event} {args[0]}")
+
+    sys.addaudithook(audit)
+    return written
+
+
 # ----------------------------------------------------------------------------------------------
 # One step of each stage: loss and gradients
 
 
-def first_steps(rank: int, folder: Path) -> None:
-    """The loss and (averaged) gradients of step 0 of both stages, saved to folder/rank{rank}.safetensors.
-
-    Each stage's own loss function is taken from its call to `train_loop`, which is replaced by one step.
-    """
-    results = {}
+def first_step_recorder(results: dict[str, torch.Tensor]):
+    """A stand-in for `train_loop` that takes no step: it puts in `results` the loss and (averaged) gradients
+    of step 0 of the loss function it is given, and returns an empty curve."""
 
     def one_step(name, module, loss_fn, cfg, checkpoint, on_eval=None, slow=None):
         module.zero_grad(set_to_none=True)
@@ -98,7 +110,27 @@ def first_steps(rank: int, folder: Path) -> None:
         results.update({f"{name}.{n}": p.grad for n, p in module.named_parameters() if p.grad is not None})
         return []
 
-    stage0.train_loop = stage1.train_loop = one_step  # this process only: a forked rank, or restored below
+    return one_step
+
+
+def assert_ranks_equal_one_process(folder: Path, world: int, expected: dict[str, torch.Tensor]) -> None:
+    """The results each rank saved to folder/rank{rank}.safetensors equal one process's `expected`, up to the
+    rounding of the sums, and each other to the bit."""
+    ranks = [load_file(folder / f"rank{rank}.safetensors") for rank in range(world)]
+    assert set(ranks[0]) == set(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(ranks[0][name], value, rtol=1e-4, atol=1e-6, msg=name)
+        for other in ranks[1:]:  # every rank holds the same averaged gradients, to the bit
+            assert torch.equal(other[name], ranks[0][name]), name
+
+
+def first_steps(rank: int, folder: Path) -> None:
+    """The loss and (averaged) gradients of step 0 of both stages, saved to folder/rank{rank}.safetensors.
+
+    Each stage's own loss function is taken from its call to `train_loop`, which is replaced by one step.
+    """
+    results = {}
+    stage0.train_loop = stage1.train_loop = first_step_recorder(results)  # a forked rank, or restored below
     with distributed.process_group(timeout=60):
         torch.manual_seed(0)
         tokenizer = build_tokenizer(RECIPE.world, RECIPE.model.vocab_size)
@@ -116,9 +148,6 @@ def test_each_stage_gives_the_loss_and_gradients_of_one_process(world, tmp_path,
     monkeypatch.setattr(stage1, "train_loop", stage1.train_loop)
     first_steps(0, tmp_path)  # no torchrun variables: one process, the whole batch
     expected = load_file(tmp_path / "rank0.safetensors")
-    assert run_ranks(world, tmp_path, first_steps, tmp_path) == [0] * world
-    ranks = [load_file(tmp_path / f"rank{rank}.safetensors") for rank in range(world)]
-    assert set(ranks[0]) == set(expected)
     tower = "vision_model.embeddings.patch_embedding.weight"
     assert {
         "stage 0.loss",
@@ -127,10 +156,120 @@ def test_each_stage_gives_the_loss_and_gradients_of_one_process(world, tmp_path,
         "stage 1.loss",
         f"stage 1.vision_tower.{tower}",
     } <= set(expected)
+    assert run_ranks(world, tmp_path, first_steps, tmp_path) == [0] * world
+    assert_ranks_equal_one_process(tmp_path, world, expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-tuning: its first step, and a whole run
+
+
+def finetune_settings(base: Path, mode: str, steps: int) -> ft.FinetuneConfig:
+    """A fine-tuning of `steps` steps on a global batch of 4: 2 diamond scenes (rank 0's on 2 ranks), then 2 of
+    the old world (rank 1's), so the ranks' slices hold different numbers of answer tokens."""
+    stage = StageConfig(steps=steps, batch_size=4, warmup=1, checkpoint_every=2, eval_every=2)
+    return ft.FinetuneConfig(base=str(base), mode=mode, rank=2, old_fraction=0.5, stage=stage, curve_scenes=1)
+
+
+def finetune_first_step(rank: int, folder: Path, base: Path, mode: str) -> None:
+    """The loss and (averaged) gradients of step 0 of a fine-tuning, saved to folder/rank{rank}.safetensors; the
+    run then goes on without training to its evaluation and its result, in folder/run."""
+    results = {}
+    ft.train_loop = first_step_recorder(results)  # a forked rank, or restored by the test
+    with distributed.process_group(timeout=60):
+        ft.finetune(finetune_settings(base, mode, steps=1), folder / "run", eval_scenes=1)
+    save_file({k: v.contiguous() for k, v in results.items()}, folder / f"rank{rank}.safetensors")
+
+
+def finetune_first_step_recording(rank: int, folder: Path, base: Path, mode: str) -> None:
+    """`finetune_first_step`, noting in folder/writes{rank}.txt every file the rank writes in folder/run, and
+    in folder/seeds{rank}.txt the seeds of the examples it trained on."""
+    written, seeds, examples = record_writes(folder / "run"), [], ft.finetune_examples
+
+    def recording(*args):
+        batch = examples(*args)
+        seeds.extend(ex.scene.seed for ex in batch)
+        return batch
+
+    ft.finetune_examples = recording
+    try:
+        finetune_first_step(rank, folder, base, mode)
+    finally:
+        (folder / f"writes{rank}.txt").write_text("\n".join(written))
+        (folder / f"seeds{rank}.txt").write_text(" ".join(map(str, seeds)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_fine_tuning_gives_the_loss_and_gradients_of_one_process_and_rank_0_alone_writes(
+    mode, base, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(ft, "train_loop", ft.train_loop)  # finetune_first_step replaces it
+    finetune_first_step(0, tmp_path / "one", base, mode)  # no torchrun variables: one process, the whole batch
+    expected = load_file(tmp_path / "one" / "rank0.safetensors")
+    trained = [name.split(".", 1)[1] for name in expected if not name.endswith(".loss")]
+    if mode == "lora":
+        assert trained and all(name.endswith(("lora_A", "lora_B")) for name in trained)
+    else:
+        assert "vision_tower.vision_model.embeddings.patch_embedding.weight" in trained
+
+    two = tmp_path / "two"
+    two.mkdir()
+    assert run_ranks(2, two, finetune_first_step_recording, two, base, mode) == [0, 0]
+    assert_ranks_equal_one_process(two, 2, expected)
+    cfg = finetune_settings(base, mode, steps=1)
+    new = ft.new_task_world(RECIPE.world)
+    seeds = [str(ex.scene.seed) for ex in ft.finetune_examples(0, cfg, new, RECIPE.world)]  # the global batch
+    assert [(two / f"seeds{rank}.txt").read_text() for rank in range(2)] == [" ".join(seeds[:2]), " ".join(seeds[2:])]
+    result = ft.ADAPTER_FOLDER if mode == "lora" else ft.MODEL_FOLDER
+    assert {"recipe.json", "curves.json", result} <= {p.name for p in (two / "run").iterdir()}
+    assert "curves.json" in (two / "writes0.txt").read_text()
+    assert (two / "writes1.txt").read_text() == ""
+
+
+def finetune_recording_steps(rank: int, out: Path, base: Path, crash_at: int | None) -> None:
+    """A LoRA fine-tuning of `base` in `out` (4 steps, checkpoints at 2 and 4), noting in out/../writes{rank}.txt
+    every file the rank writes in `out` and in out/../steps{rank}.txt the steps it trains; rank 1 alone raises
+    at step `crash_at`."""
+    written, steps, examples = record_writes(out), [], ft.finetune_examples
+
+    def crashing(step, *args):
+        steps.append(step)
+        if rank == 1 and step == crash_at:
+            raise RuntimeError(f"stopped at step {step}")
+        return examples(step, *args)
+
+    ft.finetune_examples = crashing
+    try:
+        with distributed.process_group(timeout=60):
+            ft.finetune(finetune_settings(base, "lora", steps=4), out, eval_scenes=1)
+    finally:
+        (out.parent / f"writes{rank}.txt").write_text("\n".join(written))
+        (out.parent / f"steps{rank}.txt").write_text(" ".join(map(str, steps)))
+
+
+@pytest.mark.slow
+def test_a_fine_tuning_whose_rank_fails_stops_resumes_from_rank_0s_checkpoint_and_ends_like_one_process(base, tmp_path):
+    ft.finetune(finetune_settings(base, "lora", steps=4), tmp_path / "one", eval_scenes=1)
+    expected = load_file(tmp_path / "one" / ft.ADAPTER_FOLDER / ADAPTER_WEIGHTS_NAME)
+
+    out = tmp_path / "two"
+    assert run_ranks(2, tmp_path, finetune_recording_steps, out, base, 3) == [1, 1]
+    assert "rank 1 of 2 stopped: stopped at step 3" in log_of(tmp_path, 1)
+    assert "rank 0 of 2 stopped" in log_of(tmp_path, 0) and "another rank stopped first" in log_of(tmp_path, 0)
+    assert "finetune.safetensors" in (tmp_path / "writes0.txt").read_text()  # rank 0 saved step 2
+    assert (tmp_path / "writes1.txt").read_text() == ""
+    assert not (out / ft.ADAPTER_FOLDER).exists()
+
+    assert run_ranks(2, tmp_path, finetune_recording_steps, out, base, None) == [0, 0]
+    for rank in range(2):  # both resume from rank 0's checkpoint of step 2
+        assert (tmp_path / f"steps{rank}.txt").read_text() == "2 3"
+    assert (tmp_path / "writes1.txt").read_text() == ""
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    weights = load_file(out / ft.ADAPTER_FOLDER / ADAPTER_WEIGHTS_NAME)
+    assert set(weights) == set(expected)
     for name, value in expected.items():
-        torch.testing.assert_close(ranks[0][name], value, rtol=1e-4, atol=1e-6, msg=name)
-        for other in ranks[1:]:  # every rank holds the same averaged gradients, to the bit
-            assert torch.equal(other[name], ranks[0][name]), name
+        torch.testing.assert_close(weights[name], value, rtol=1e-3, atol=1e-4, msg=name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,14 +284,7 @@ def train_recording_writes(rank: int, out: Path, crash_at: int | None) -> None:
     """`run` the SHORT recipe, noting in out/../writes{rank}.txt every file rank `rank` creates, writes,
     moves or deletes in `out` and in out/../steps{rank}.txt the steps of stage 1 it trains, and raising at
     stage 1's step `crash_at` (on every rank, as when the job is stopped)."""
-    written, steps = [], []
-
-    def audit(event: str, args: tuple) -> None:
-        if event in ("open", "os.rename", "os.remove", "os.mkdir") and str(args[0]).startswith(str(out)):
-            if event != "open" or args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-                written.append(f"{event} {args[0]}")
-
-    sys.addaudithook(audit)
+    written, steps = record_writes(out), []
     examples = stage1.training_examples
 
     def crashing(step, *args, **kwargs):
@@ -226,19 +358,34 @@ def test_a_rank_that_fails_stops_the_others_with_a_message(how, stage, tmp_path)
         assert "error: rank 1 of 2 stopped: a failure at step 3" in log_of(tmp_path, 1)
 
 
-@pytest.mark.slow
-def test_torchrun_runs_the_command_line_on_two_processes(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "pgemma.train"]
-        + [*TRAIN, "--out", str(tmp_path)],
+def torchrun(*argv: str) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node=2 -m pgemma.train ARGV`, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "pgemma.train", *argv],
         capture_output=True,
         text=True,
         timeout=300,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_command_line_on_two_processes(tmp_path):
+    result = torchrun(*TRAIN, "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("held-out scenes: 4") == 1  # rank 0 reports
     assert (tmp_path / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_fine_tuning_command_line_on_two_processes(base, tmp_path):
+    options = ["--mode", "lora", "--rank", "2", "--steps", "2", "--batch-size", "2", "--eval-every", "0"]
+    result = torchrun(
+        "finetune", str(base), "--out", str(tmp_path), *options, "--curve-scenes", "1", "--eval-scenes", "1"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("adapter written to") == 1  # rank 0 reports
+    assert (tmp_path / ft.ADAPTER_FOLDER / ADAPTER_WEIGHTS_NAME).exists()
 
 
 def test_without_torchrun_there_is_one_process_and_nothing_is_exchanged(monkeypatch):

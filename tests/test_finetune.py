@@ -2,7 +2,7 @@
 resuming, the run folder's files, the command line and the chapter's record."""
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import nbformat
@@ -14,28 +14,16 @@ from pgemma.checkpoint import load_model
 from pgemma.lora import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, load_adapter
 from pgemma.processor import load_processor
 from pgemma.train import finetune as ft
-from pgemma.train.__main__ import export
 from pgemma.train.__main__ import main as train_main
 from pgemma.train.data import forward, process
 from pgemma.train.folder import RunFolderError
 from pgemma.train.loop import load_state, make_optimizer
-from pgemma.train.recipe import Recipe, StageConfig, build_model, build_tokenizer
+from pgemma.train.recipe import Recipe, StageConfig
 from pgemma.world import TASKS, example
 from tools.book import ROOT
 
 RECIPE = Recipe.tiny()
 STAGE = StageConfig(steps=4, batch_size=2, warmup=1, checkpoint_every=2, eval_every=2)
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    """A tiny random PaliGemma's checkpoint folder, with the recipe.json that names its world."""
-    tokenizer = build_tokenizer(RECIPE.world, RECIPE.model.vocab_size)
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("base")
-    export(build_model(RECIPE.model, RECIPE.world, tokenizer), tokenizer, folder)
-    (folder / "recipe.json").write_text(json.dumps(asdict(RECIPE)))
-    return folder
 
 
 def settings(base: Path, mode: str, **changes) -> ft.FinetuneConfig:

@@ -7,6 +7,7 @@ world draws each example from its seed), so a resumed run sees exactly the data 
 import numpy as np
 import torch
 
+from pgemma.config import IGNORE_INDEX
 from pgemma.paligemma import PaliGemmaForConditionalGeneration, PaliGemmaOutput
 from pgemma.processor import PaliGemmaProcessor, ProcessorBatch
 from pgemma.train import distributed
@@ -37,6 +38,16 @@ def forward(
         token_type_ids=batch.token_type_ids,
         labels=labels,
     )
+
+
+def answer_loss(model: PaliGemmaForConditionalGeneration, batch: ProcessorBatch) -> torch.Tensor:
+    """The next-token loss on the answers, the mean over the batch's answer tokens.
+
+    On several ranks, `batch` is this rank's slice and the result its share of the global batch's
+    mean (`distributed.global_mean`): the slices hold different numbers of answer tokens.
+    """
+    loss = forward(model, batch, labels=batch.labels).loss
+    return distributed.global_mean(loss, (batch.labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 def patch_labels(examples: list[Example], world: WorldConfig, patch: int) -> tuple[torch.Tensor, ...]:

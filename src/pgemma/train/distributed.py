@@ -8,9 +8,9 @@ torchrun starts N copies of the trainer and gives each, in environment variables
 WORLD_SIZE N and where the ranks meet (MASTER_ADDR, MASTER_PORT). Each step's global batch is
 the same on every rank, and each rank takes its slice of it (`shard`):
 
-- stage 1 is data-parallel: each rank computes the gradients of its slice, and an all-reduce
-  averages them (`average_gradients`), so every rank takes the AdamW step one process would take
-  on the whole batch, and the ranks' weights stay equal;
+- stage 1 and fine-tuning (`pgemma.train.finetune`) are data-parallel: each rank computes the
+  gradients of its slice, and an all-reduce averages them (`average_gradients`), so every rank
+  takes the AdamW step one process would take on the whole batch, and the ranks' weights stay equal;
 - stage 0's sigmoid loss pairs every image with every caption: `pgemma.contrastive.ring_sigmoid_loss`
   passes the caption embeddings around the ranks, so that no rank holds the B x B matrix.
 
@@ -18,7 +18,7 @@ Each rank's loss is written so that the mean over the ranks is the loss of the w
 (`global_mean` for a mean over a count that differs between slices, such as answer tokens); with
 the gradients averaged, the step equals one process's up to the rounding of the sums.
 
-Only rank 0 touches the run folder (lock, recipe, checkpoints, curves, model/) and evaluates;
+Only rank 0 touches the run folder (lock, recipe, checkpoints, curves, model/ or adapter/) and evaluates;
 every rank resumes from the checkpoints it wrote. A rank that fails makes the others stop: gloo
 sees a closed connection at once, and the process group's timeout ends the wait for a rank that
 hangs; each rank then stops with a `DistributedError` naming it.

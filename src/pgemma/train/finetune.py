@@ -5,6 +5,7 @@ Book chapter: "Fine-tuning PaliGemma".
     python -m pgemma.train finetune --out runs/lora8 --mode lora --rank 8   # the shipped model, LoRA rank 8
     python -m pgemma.train finetune path/to/model --out runs/full --mode full --old-fraction 0.25
     python -m pgemma.train finetune-compare --out runs/compare  # the chapter's record
+    torchrun --nproc_per_node=2 -m pgemma.train finetune --out runs/lora8   # on 2 processes
 
 PaliGemma is a base meant to be fine-tuned, one copy per task (Beyer et al. 2024). The
 new task here is a kind of shape the base has never seen: diamonds, which `world.render` draws
@@ -26,6 +27,12 @@ run folder (`folder.open_run_folder`, with the settings as recipe.json), and wri
 curves.json (evaluations on held-out scenes of both worlds, before, during and after, with the
 time and memory the run took) and the result: ``model/``, a checkpoint folder in the hub layout,
 or, for LoRA, ``adapter/``, the adapter alone in PEFT's format (`lora.save_adapter`).
+
+Under torchrun it trains data-parallel as stage 1 does (`pgemma.train.distributed`): each rank
+takes its slice of every step's batch and the gradients are averaged, so a step equals one
+process's on the whole batch up to rounding; rank 0 alone evaluates and writes, every rank
+resumes from rank 0's checkpoint, and a rank that fails stops the others. The batch size must
+split evenly over the ranks; the times in curves.json are rank 0's.
 """
 
 import argparse
@@ -35,6 +42,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -46,7 +54,8 @@ from pgemma.lora import DECODER_TARGETS, add_lora, save_adapter, trainable_param
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from pgemma.processor import PaliGemmaProcessor, load_processor
 from pgemma.shipped import shipped_model_folder
-from pgemma.train.data import forward, process
+from pgemma.train import distributed
+from pgemma.train.data import answer_loss, process
 from pgemma.train.evaluation import evaluate
 from pgemma.train.folder import CURVES_FILE, FINETUNE_FILE, RECIPE_FILE, RunFolderError, open_run_folder
 from pgemma.train.loop import DamagedCheckpointError, train_loop
@@ -138,13 +147,15 @@ def heldout_seeds(world: WorldConfig, count: int, new_task: bool) -> list[int]:
 
 
 def finetune_examples(step: int, cfg: FinetuneConfig, new: WorldConfig, old: WorldConfig) -> list[Example]:
-    """The batch of a step: diamond scenes of the new world, then `old_fraction` of it from the old world."""
+    """The batch of a step (on several ranks, this rank's slice): diamond scenes of the new world, then
+    `old_fraction` of it from the old world."""
     size = cfg.stage.batch_size
     old_count = round(size * cfg.old_fraction)
     seeds = new_task_seeds(new, NEW_TASK_SEEDS + step * size * SCAN)
-    batch = [example(seed, new) for _, seed in zip(range(size - old_count), seeds)]
     start = OLD_TASK_SEEDS + step * size
-    return batch + [example(seed, old) for seed in range(start, start + old_count)]
+    batch = [(seed, new) for _, seed in zip(range(size - old_count), seeds)]
+    batch += [(seed, old) for seed in range(start, start + old_count)]
+    return [example(seed, world) for seed, world in distributed.shard(batch)]  # each rank draws its slice only
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,15 +225,17 @@ def finetune(cfg: FinetuneConfig, out: Path, eval_scenes: int = 200) -> dict:
     seconds per training step and memory.
     Raises RunFolderError if `out` cannot hold this run, DamagedCheckpointError if its checkpoint cannot
     be resumed from, ValueError for a base folder that is not a model trained on the book's world.
+    On several ranks, rank 0 alone opens the folder, evaluates and writes; the other ranks return {}.
     """
     base = base_folder(cfg)
     old = base_world(base)
     new = new_task_world(old)
-    with open_run_folder(out, cfg):
+    with open_run_folder(out, cfg) if distributed.is_main() else nullcontext():
+        distributed.barrier()  # the other ranks wait for rank 0 to check and tidy the folder
         model = load_model(base, use_sdpa=True)
         processor = load_processor(base)
         memory_loaded = max_rss_mb()
-        before = evaluate_both(model, processor, new, old, cfg.curve_scenes)
+        before = distributed.on_main(lambda: evaluate_both(model, processor, new, old, cfg.curve_scenes))
         trainable = prepare(model, cfg)
         # this invocation's evaluation time and steps: a resumed run times only the steps it runs
         evaluating, steps_run = torch.zeros(2, dtype=torch.float64), 0
@@ -230,8 +243,7 @@ def finetune(cfg: FinetuneConfig, out: Path, eval_scenes: int = 200) -> dict:
         def loss_fn(step: int) -> torch.Tensor:
             nonlocal steps_run
             steps_run += 1
-            batch = process(processor, finetune_examples(step, cfg, new, old))
-            return forward(model, batch, labels=batch.labels).loss
+            return answer_loss(model, process(processor, finetune_examples(step, cfg, new, old)))
 
         def on_eval() -> dict[str, float]:
             nonlocal evaluating
@@ -242,6 +254,8 @@ def finetune(cfg: FinetuneConfig, out: Path, eval_scenes: int = 200) -> dict:
 
         start = clocks()
         curve = train_loop(f"finetune ({cfg.mode})", model, loss_fn, cfg.stage, out / FINETUNE_FILE, on_eval)
+        if not distributed.is_main():
+            return {}
         wall, cpu = ((clocks() - start - evaluating) / max(1, steps_run)).tolist()
         final = evaluate_both(model, processor, new, old, eval_scenes, generate_boxes=True)
         if cfg.mode == "lora":
@@ -293,6 +307,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--curve-scenes", type=int, default=100, help="held-out scenes per world per evaluation")
     parser.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes per world at the end")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=distributed.DEFAULT_TIMEOUT,
+        help="under torchrun: seconds a rank waits for the others before it stops",
+    )
     args = parser.parse_args(argv)
     if args.rank is not None and args.mode != "lora":
         parser.error(f"--rank is LoRA's rank: it needs --mode lora, not --mode {args.mode}")
@@ -316,9 +336,12 @@ def main(argv: list[str]) -> None:
             stage=stage,
             curve_scenes=args.curve_scenes,
         )
-        result = finetune(cfg, args.out, args.eval_scenes)
-    except (ValueError, RunFolderError, DamagedCheckpointError) as error:
+        with distributed.process_group(args.timeout):
+            result = finetune(cfg, args.out, args.eval_scenes)
+    except (ValueError, RunFolderError, DamagedCheckpointError, distributed.DistributedError) as error:
         parser.exit(1, f"{parser.prog}: error: {error}\n")
+    if not result:  # a rank other than 0: rank 0 reports
+        return
     print(f"trainable parameters: {result['trainable_parameters']:,} of {result['total_parameters']:,}")
     print(f"held-out scenes: {args.eval_scenes} with a {NEW_KIND} (new), {args.eval_scenes} of the old world")
     for name, value in result["final"].items():

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import torch
 
-from pgemma.config import IGNORE_INDEX
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from pgemma.processor import PaliGemmaProcessor
-from pgemma.train import distributed
-from pgemma.train.data import forward, process, training_examples
+from pgemma.train.data import answer_loss, process, training_examples
 from pgemma.train.loop import train_loop
 from pgemma.train.recipe import Recipe
 
@@ -31,7 +29,6 @@ def train_prefix_lm(
 
     def loss_fn(step: int) -> torch.Tensor:
         batch = process(processor, training_examples(step, recipe.world, recipe.stage1, stage=1))
-        loss = forward(model, batch, labels=batch.labels).loss  # the mean over this batch's answer tokens
-        return distributed.global_mean(loss, (batch.labels[:, 1:] != IGNORE_INDEX).sum())
+        return answer_loss(model, batch)
 
     return train_loop("stage 1", model, loss_fn, recipe.stage1, checkpoint, on_eval, slow=model.vision_tower)
