@@ -29,7 +29,7 @@ from pgemma.viz.paligemma import (  # noqa: E402
     plot_scene_answer,
     plot_training_curves,
 )
-from pgemma.viz.widgets import dropdown, int_slider, interactive_figure  # noqa: E402
+from pgemma.viz.widgets import choice_slider, dropdown, interactive_figure  # noqa: E402
 from pgemma.world import HELDOUT_START, example  # noqa: E402
 
 
@@ -154,13 +154,14 @@ def test_figures(tiny):
     assert len(figure.axes) == 1 + len(attention.tokens)
 
 
+@pytest.mark.slow  # draws every state of the widget: a generation each
 def test_scene_widget(tiny):
     model, processor, world = tiny
     figure = plot_scene_answer(model, processor, 2, "count", world)
     assert "held-out scene 2" in figure.axes[0].get_title()
     box = interactive_figure(
         lambda index, task: plot_scene_answer(model, processor, index, task, world),
-        index=int_slider("scene", 2, 0, 50),
+        index=choice_slider("scene", [2, 5], value=2),
         task=dropdown("task", ["count", "colour"]),
     )
     assert isinstance(box, widgets.VBox)
