@@ -92,13 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, curves.json, model/")
     parser.add_argument("--recipe", choices=["shipped", "tiny"], default="shipped")
     parser.add_argument("--eval-scenes", type=int, default=300, help="held-out scenes for the final evaluation")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=distributed.DEFAULT_TIMEOUT,
-        help="under torchrun: seconds a rank waits for the others before it stops",
-    )
+    distributed.add_process_arguments(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

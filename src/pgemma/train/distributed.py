@@ -27,6 +27,7 @@ Without torchrun's variables (or with WORLD_SIZE=1) there is one process, no pro
 each function here returns its input: the trainer computes exactly what it computed before.
 """
 
+import argparse
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -45,6 +46,18 @@ T = TypeVar("T")
 
 class DistributedError(RuntimeError):
     """A rank stopped because it, or another rank, failed or did not answer in time."""
+
+
+def add_process_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a training command about its processes: torch's CPU threads, and how long a
+    rank waits for the others under torchrun."""
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="under torchrun: seconds a rank waits for the others before it stops",
+    )
 
 
 def world_size() -> int:

@@ -306,13 +306,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--eval-every", type=int, default=50, help="steps between evaluations (0: none)")
     parser.add_argument("--curve-scenes", type=int, default=100, help="held-out scenes per world per evaluation")
     parser.add_argument("--eval-scenes", type=int, default=200, help="held-out scenes per world at the end")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=distributed.DEFAULT_TIMEOUT,
-        help="under torchrun: seconds a rank waits for the others before it stops",
-    )
+    distributed.add_process_arguments(parser)
     args = parser.parse_args(argv)
     if args.rank is not None and args.mode != "lora":
         parser.error(f"--rank is LoRA's rank: it needs --mode lora, not --mode {args.mode}")
