@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import yaml
 
-from tools.book import ROOT, chapter_files
+from tools.book import ROOT, WITHOUT_WIDGET, chapter_files
 
 pytestmark = [pytest.mark.book, pytest.mark.slow]
 
@@ -90,6 +90,7 @@ EXPECTED: dict[str, Callable[[dict[str, str]], list[str]]] = {
 SOURCES = chapter_files()
 PAGES = {source.relative_to(ROOT).with_suffix(".html").as_posix(): source for source in SOURCES}
 NOTEBOOK_PAGES = [page for page, source in PAGES.items() if source.suffix == ".ipynb"]
+WIDGET_PAGES = [page for page in NOTEBOOK_PAGES if PAGES[page].stem not in WITHOUT_WIDGET]
 
 
 def missing_browser(reason: str) -> None:
@@ -324,7 +325,7 @@ def test_no_ipywidget_state_or_manager_in_the_page(built_book, page_path):
     assert "embed-amd" not in page and "require.js" not in page, f"{page_path}: loads the ipywidgets manager"
 
 
-@pytest.mark.parametrize("page_path", NOTEBOOK_PAGES)
+@pytest.mark.parametrize("page_path", WIDGET_PAGES)
 def test_every_widget_is_drawn_next_to_a_static_figure(visit, page_path):
     seen = visit(page_path)
     assert seen.widgets > 0, f"{page_path}: no widget in the page (run make notebooks)"
@@ -378,7 +379,7 @@ def move(page, control, position: int) -> None:
         page.keyboard.press("ArrowRight" if steps > 0 else "ArrowLeft")
 
 
-@pytest.mark.parametrize("page_path", NOTEBOOK_PAGES)
+@pytest.mark.parametrize("page_path", WIDGET_PAGES)
 def test_every_control_of_every_widget_shows_the_figure_of_its_state(browser, site, page_path):
     expected = EXPECTED[Path(page_path).stem]
     visit = Visit(url=site + page_path)

@@ -9,6 +9,7 @@ from tools.book import (
     ABSOLUTE_PATH,
     ROOT,
     WIDGET_MIME,
+    WITHOUT_WIDGET,
     cell_source,
     chapter_files,
     chapter_notebooks,
@@ -20,7 +21,6 @@ NOTEBOOKS = chapter_notebooks()
 DOWNLOAD = re.compile(r"urlretrieve|requests\.get|urlopen|hf_hub_download|snapshot_download|!wget|!curl")
 TIME_LIMIT_SECONDS = 60
 BUILDS_ON = "**Builds on:**"
-WITHOUT_WIDGET = {"14_finetuning"}  # its comparison is a record of training runs: nothing to move live
 
 
 def code_cells(notebook: dict) -> list[dict]:

@@ -67,4 +67,6 @@ def cell_source(cell: dict) -> str:
 
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+# Chapters with nothing to move live: the fine-tuning comparison is a record of training runs.
+WITHOUT_WIDGET = {"14_finetuning"}
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(home|work|tmp|root|Users|usr|opt|mnt|var)/")
