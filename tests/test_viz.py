@@ -150,3 +150,13 @@ def test_interactive_figure_lays_out_controls_above_the_figure():
     assert isinstance(box, widgets.VBox)  # the live widget
     controls, figure_area = box.children
     assert controls.children == (slider,) and isinstance(figure_area, widgets.Output)
+
+
+def test_images_are_webp_or_png_where_pillow_has_no_webp(monkeypatch):
+    figure = draw_title(1)
+    assert pgemma_widgets.figure_image(figure).startswith("data:image/webp;base64,")
+    monkeypatch.setattr(pgemma_widgets.features, "check", lambda feature: False)
+    png = pgemma_widgets.figure_image(figure)
+    assert png.startswith("data:image/png;base64,")
+    assert base64.b64decode(png.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    plt.close(figure)

@@ -22,7 +22,6 @@ ipywidgets 7.7 (Colab) and 8.x alike.
 """
 
 import base64
-import hashlib
 import html
 import io
 import itertools
@@ -35,11 +34,11 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 from IPython.display import display
 from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, features
 
 LIVE_NOTE = "The controls are live when this notebook runs in Colab or Jupyter."
 MAX_STATES = 120  # a state takes 0.1 to 1 s to draw, and a chapter must run in under 60 s
-IMAGE_FORMAT, IMAGE_DPI = "webp", 72
+IMAGE_DPI = 72
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 CONTROLS_STYLE = "display:flex;flex-wrap:wrap;align-items:center;gap:0.5em 1.5em;margin-bottom:0.75em"
 
@@ -140,17 +139,20 @@ def caption(controls: dict[str, widgets.ValueWidget], state: dict[str, tuple[str
     return " | ".join([values, *figure_texts(figure)])
 
 
-def figure_image(figure: Figure) -> bytes:
-    """The figure as WebP: lossless, or lossy at quality 90 if that is smaller (see the module docstring)."""
+def figure_image(figure: Figure) -> str:
+    """The figure as a data URL: WebP, lossless or lossy at quality 90 if that is smaller (see the module
+    docstring); PNG where Pillow was built without WebP (an old Pillow compiled from source)."""
     drawn = io.BytesIO()  # drawn once, encoded twice; cropped to its contents, as Jupyter shows figures
     figure.savefig(drawn, format="png", dpi=IMAGE_DPI, bbox_inches="tight")
+    if not features.check("webp"):
+        return f"data:image/png;base64,{base64.b64encode(drawn.getvalue()).decode()}"
     pixels = Image.open(drawn)
     encoded = []
     for options in ({"lossless": True}, {"quality": 90}):
         buffer = io.BytesIO()
         pixels.save(buffer, format="WEBP", **options)
         encoded.append(buffer.getvalue())
-    return min(encoded, key=len)
+    return f"data:image/webp;base64,{base64.b64encode(min(encoded, key=len)).decode()}"
 
 
 def render_states(draw: Callable[..., Figure], controls: dict[str, widgets.ValueWidget]) -> str:
@@ -159,18 +161,17 @@ def render_states(draw: Callable[..., Figure], controls: dict[str, widgets.Value
     positions = [value_position(control, values[name]) for name, control in controls.items()]  # before drawing
     states = enumerate_states(controls)
     images: list[str] = []
-    image_index: dict[bytes, int] = {}  # sha256 of an image -> its index in `images`
+    image_index: dict[str, int] = {}  # an image's data URL -> its index in `images`
     figures, captions = [], []
     for state in states:
         figure = draw(**{name: value for name, (_, value) in state.items()})
         image = figure_image(figure)
         captions.append(caption(controls, state, figure))
         plt.close(figure)
-        digest = hashlib.sha256(image).digest()
-        if digest not in image_index:
-            image_index[digest] = len(images)
-            images.append(f"data:image/{IMAGE_FORMAT};base64,{base64.b64encode(image).decode()}")
-        figures.append(image_index[digest])
+        if image not in image_index:
+            image_index[image] = len(images)
+            images.append(image)
+        figures.append(image_index[image])
     data = {
         "sizes": [len(options) for options in values.values()],
         "labels": [[label for label, _ in options] for options in values.values()],
