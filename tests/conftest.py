@@ -30,7 +30,7 @@ from pgemma.config import (
 from pgemma.gemma import GemmaForCausalLM
 from pgemma.paligemma import PaliGemmaForConditionalGeneration
 from pgemma.tokenizer import BOS, EOS, IMAGE, LOC_TOKENS, PAD, UNK, PaliGemmaTokenizer, train_tokenizer
-from pgemma.train.__main__ import export
+from pgemma.train.pipeline import export
 from pgemma.train.recipe import Recipe, build_model, build_tokenizer
 from tools.book import ROOT
 

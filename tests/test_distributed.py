@@ -20,7 +20,8 @@ from pgemma.lora import ADAPTER_WEIGHTS_NAME
 from pgemma.processor import PaliGemmaProcessor
 from pgemma.train import distributed, stage0, stage1
 from pgemma.train import finetune as ft
-from pgemma.train.__main__ import main, run
+from pgemma.train.__main__ import main
+from pgemma.train.pipeline import run
 from pgemma.train.recipe import Recipe, StageConfig, build_model, build_tokenizer
 
 RECIPE = Recipe.tiny()  # batch 8: 4, or 2, examples per rank

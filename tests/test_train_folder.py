@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 import pytest
 
 from pgemma.shipped import shipped_model_folder
-from pgemma.train import __main__ as command_line
+from pgemma.train import pipeline
 from pgemma.train.folder import RunFolderError, lock_folder, open_run_folder, recipe_differences
 from pgemma.train.recipe import Recipe
 
@@ -106,9 +106,9 @@ def test_the_run_holds_the_lock_while_it_trains(tmp_path, monkeypatch):
                 pass
         raise KeyboardInterrupt  # enough: stop the run here
 
-    monkeypatch.setattr(command_line, "pretrain_vision", try_to_open_the_folder_again)
+    monkeypatch.setattr(pipeline, "pretrain_vision", try_to_open_the_folder_again)
     with pytest.raises(KeyboardInterrupt):
-        command_line.run(RECIPE, tmp_path)
+        pipeline.run(RECIPE, tmp_path)
     with open_run_folder(tmp_path, RECIPE):  # and lets it go when the run stops
         pass
 
@@ -124,7 +124,7 @@ def test_a_run_of_another_recipe_is_refused_untouched_naming_each_difference(tmp
         RECIPE, world=replace(RECIPE.world, colours=("red", "blue")), stage1=replace(RECIPE.stage1, lr=2e-3)
     )
     with pytest.raises(RunFolderError) as error:
-        command_line.run(other, folder)
+        pipeline.run(other, folder)
     message = str(error.value)
     assert str(folder) in message and "another recipe" in message
     assert 'world.colours: folder ["red", "green", "blue", "yellow"], requested ["red", "blue"]' in message
@@ -170,7 +170,7 @@ def test_a_folder_that_is_not_a_run_is_refused_untouched(tmp_path, recipe_json, 
     folder = run_folder(tmp_path, recipe_json, **files)
     before = snapshot(folder)
     with pytest.raises(RunFolderError, match="not a (training run|recipe)") as error:
-        command_line.run(RECIPE, folder)
+        pipeline.run(RECIPE, folder)
     assert str(folder) in str(error.value)
     assert snapshot(folder) == before
 
@@ -178,7 +178,7 @@ def test_a_folder_that_is_not_a_run_is_refused_untouched(tmp_path, recipe_json, 
 def test_a_file_is_not_a_run_folder(tmp_path):
     (tmp_path / "run").write_text("mine")
     with pytest.raises(RunFolderError, match="is a file, not a folder"):
-        command_line.run(RECIPE, tmp_path / "run")
+        pipeline.run(RECIPE, tmp_path / "run")
     assert (tmp_path / "run").read_text() == "mine"
 
 

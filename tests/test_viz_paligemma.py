@@ -133,8 +133,8 @@ def test_figures(tiny):
     assert len(figure.axes[0].lines) == 3
     record = {
         "runs": [
-            {"name": "a", "stage1": {"curve": [{"step": 10, "count_exact": 0.5}, {"step": 20, "count_exact": 0.9}]}},
-            {"name": "b", "stage1": None},
+            {"name": "a", "stage1": [{"step": 10, "count_exact": 0.5}, {"step": 20, "count_exact": 0.9}]},
+            {"name": "b"},
         ]
     }
     figure = plot_training_curves(record, "stage1", {"count_exact": "count", "detect_iou": "IoU"}, highlight="a")

@@ -13,7 +13,10 @@ One module per job, in the order a run uses them:
     stage0      stage 0: the vision tower alone, sigmoid loss plus per-patch labels
     stage1      stage 1: the whole model, next-token loss on the answers (prefix-LM)
     evaluation  exact match per task and detection IoU on held-out scenes
-    __main__    the whole recipe (`run`), the exported checkpoint folder, the command line
+    pipeline    the whole recipe (`run`): both stages, the final evaluation, the exported model
+    search      the recipe search: the shipped recipe against one change at a time, and linear
+                probes of each run's vision tower (``python -m pgemma.train search``)
+    __main__    the command line
     finetune    a trained model to a new task (diamonds): full, frozen vision tower or LoRA, and the
                 comparison the chapter "Fine-tuning PaliGemma" shows (``python -m pgemma.train finetune``)
 

@@ -50,13 +50,17 @@ class TowerPretrainer(nn.Module):
         x = (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True)  # (B, E), mean over real tokens
         return F.normalize(x, dim=-1)
 
-    def embed(self, examples: list[Example], processor: PaliGemmaProcessor) -> tuple[torch.Tensor, ...]:
-        """Patch features float[B, P, Dv], image and caption embeddings float[B, E].
+    def patch_features(self, examples: list[Example], processor: PaliGemmaProcessor) -> torch.Tensor:
+        """The tower's patch vectors float[B, P, Dv] for the examples' images.
 
         The pixels are the processor's, so the tower learns on exactly what stage 1 will feed it.
         """
         pixels = torch.stack([processor.preprocess_image(ex.image) for ex in examples])  # (B, C, I, I)
-        features = self.tower(pixels)[0]  # (B, P, Dv)
+        return self.tower(pixels)[0]
+
+    def embed(self, examples: list[Example], processor: PaliGemmaProcessor) -> tuple[torch.Tensor, ...]:
+        """Patch features float[B, P, Dv], image and caption embeddings float[B, E]."""
+        features = self.patch_features(examples, processor)  # (B, P, Dv)
         image_emb = F.normalize(self.image_proj(features.mean(1)), dim=-1)  # (B, E)
         tokenizer = processor.tokenizer
         captions = [tokenizer.encode(caption(ex.scene)) for ex in examples]
@@ -80,16 +84,23 @@ class TowerPretrainer(nn.Module):
         else:  # the ranks' shares add up to the whole batch's loss: times D, their mean does
             loss = ring_sigmoid_loss(image_emb, text_emb, self.log_t, self.bias) * distributed.world_size()
         if patch_label_weight:
-            colour, kind, box = patch_labels(examples, world, patch)  # (B, P), (B, P), (B, P, 4)
-            on_shape = (kind > 0).float()  # (B, P)
-            box_error = F.l1_loss(self.box_head(features).sigmoid(), box, reduction="none").sum(-1)  # (B, P)
-            box_loss = 10 * (box_error * on_shape).sum() / on_shape.sum().clamp(min=1)  # 10: errors are ~0.05
-            loss = loss + patch_label_weight * (
-                F.cross_entropy(self.colour_head(features).flatten(0, 1), colour.flatten())
-                + F.cross_entropy(self.kind_head(features).flatten(0, 1), kind.flatten())
-                + distributed.global_mean(box_loss, on_shape.sum())  # slices cover different numbers of patches
-            )
+            loss = loss + patch_label_weight * self.patch_label_loss(features, examples, world, patch)
         return loss
+
+    def patch_label_loss(
+        self, features: torch.Tensor, examples: list[Example], world: WorldConfig, patch: int
+    ) -> torch.Tensor:
+        """The per-patch heads' loss on patch features float[B, P, Dv]: colour, kind, and the box
+        of the shape covering each patch (on several ranks, this rank's share)."""
+        colour, kind, box = patch_labels(examples, world, patch)  # (B, P), (B, P), (B, P, 4)
+        on_shape = (kind > 0).float()  # (B, P)
+        box_error = F.l1_loss(self.box_head(features).sigmoid(), box, reduction="none").sum(-1)  # (B, P)
+        box_loss = 10 * (box_error * on_shape).sum() / on_shape.sum().clamp(min=1)  # 10: errors are ~0.05
+        return (
+            F.cross_entropy(self.colour_head(features).flatten(0, 1), colour.flatten())
+            + F.cross_entropy(self.kind_head(features).flatten(0, 1), kind.flatten())
+            + distributed.global_mean(box_loss, on_shape.sum())  # slices cover different numbers of patches
+        )
 
     @torch.no_grad()
     def evaluate(
@@ -103,12 +114,22 @@ class TowerPretrainer(nn.Module):
         texts = [caption(ex.scene) for ex in examples]  # small worlds repeat captions: compare the text
         hit = torch.tensor([texts[j] == text for j, text in zip((image_emb @ text_emb.T).argmax(1).tolist(), texts)])
         shapes = torch.tensor([len(ex.scene.shapes) for ex in examples])
+        return {
+            "retrieval_1": hit[shapes == 1].float().mean().item(),
+            "retrieval_2": hit[shapes == 2].float().mean().item(),
+            **self.read_patches(features, examples, world, patch),
+        }
+
+    @torch.no_grad()
+    def read_patches(
+        self, features: torch.Tensor, examples: list[Example], world: WorldConfig, patch: int
+    ) -> dict[str, float]:
+        """How well the patch heads read patch features float[B, P, Dv]: the kind of shape on each
+        patch (background included), and the box of the covering shape (mean error in pixels)."""
         _, kind, box = patch_labels(examples, world, patch)
         on_shape = kind > 0
         box_error = (self.box_head(features).sigmoid() - box).abs().mean(-1)[on_shape] * world.image_size
         return {
-            "retrieval_1": hit[shapes == 1].float().mean().item(),
-            "retrieval_2": hit[shapes == 2].float().mean().item(),
             "patch_kind": (self.kind_head(features).argmax(-1) == kind).float().mean().item(),
             "box_error_px": box_error.mean().item(),
         }

@@ -107,14 +107,15 @@ def plot_training_curves(record: dict, stage: str, metrics: dict[str, str], high
     """Held-out metrics against training steps for every run of a recipe search, one panel per metric.
 
     Args:
-        record: {"runs": [{"name": ..., "stage0": {"curve": [{"step": ..., metric: ...}]}, ...}]}.
+        record: {"runs": [{"name": ..., "stage0": [{"step": ..., metric: ...}, ...], ...}]}, as
+            `pgemma.train.search` writes it (a run without that stage has no entry for it).
         stage: "stage0" or "stage1".
         metrics: {key in the curve: panel title}.
         highlight: the name of the run to draw thick.
     """
     figure, axes = plt.subplots(1, len(metrics), figsize=(3.3 * len(metrics), 3.0), squeeze=False)
     for run, color in zip(record["runs"], plt.get_cmap("tab10").colors):
-        curve = (run.get(stage) or {}).get("curve") or []
+        curve = run.get(stage) or []
         if not curve:
             continue
         steps = [point["step"] for point in curve]
