@@ -59,7 +59,10 @@ class Variant:
 
 VARIANTS = (
     Variant(
-        "shipped", "shipped", "the base recipe: stage 0 on captions and per-patch labels, then stage 1", lambda r: r
+        "shipped",
+        "shipped",
+        "the base recipe: stage 0 on captions and per-patch labels, then stage 1",
+        lambda r: r,
     ),
     Variant(
         "no stage 0",
@@ -70,7 +73,7 @@ VARIANTS = (
     Variant(
         "captions only",
         "captions-only",
-        "stage 0 on captions alone (no per-patch labels: its patch-head curves come from heads that never train)",
+        "stage 0 on captions alone: no per-patch labels, its patch heads never train",
         lambda r: replace(r, patch_label_weight=0.0),
     ),
     Variant(
