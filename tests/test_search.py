@@ -6,6 +6,7 @@ import shutil
 from dataclasses import asdict, replace
 
 import pytest
+import torch
 
 from pgemma.shipped import shipped_model_folder
 from pgemma.train.__main__ import main
@@ -69,6 +70,19 @@ def test_the_probe_reads_the_tower_stage_1_started_from(searched, tmp_path):
         probe_tower(BASE, trained, PROBE)
 
 
+@pytest.mark.slow
+def test_runs_trained_two_at_a_time_give_the_same_record(tmp_path, monkeypatch):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that each of the two processes gets 1 thread, like this one below
+    try:
+        together = search(tmp_path / "two", tmp_path / "two.json", BASE, 4, PROBE, curve_scenes=4, jobs=2)
+        torch.set_num_threads(1)
+        alone = search(tmp_path / "one", tmp_path / "one.json", BASE, 4, PROBE, curve_scenes=4)
+    finally:
+        torch.set_num_threads(threads)
+    assert together == alone
+
+
 def test_the_command_line_refuses_a_folder_of_other_files_and_torchrun(tmp_path, capsys, monkeypatch):
     (tmp_path / VARIANTS[0].folder).mkdir()
     (tmp_path / VARIANTS[0].folder / "notes.txt").write_text("mine")
@@ -79,6 +93,10 @@ def test_the_command_line_refuses_a_folder_of_other_files_and_torchrun(tmp_path,
     with pytest.raises(SystemExit):
         main(["search", "--out", str(tmp_path / "other")])
     assert "torchrun" in capsys.readouterr().err
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(SystemExit):
+        main(["search", "--out", str(tmp_path / "other"), "--jobs", "0"])
+    assert "--jobs must be at least 1" in capsys.readouterr().err
 
 
 def test_the_stored_record_is_the_search_of_the_shipped_recipe():

@@ -3,6 +3,7 @@
 Book chapter: "Assembling PaliGemma".
 
     python -m pgemma.train search --out runs/search               # the chapter's record
+    python -m pgemma.train search --out runs/search --jobs 2      # two runs at a time
     python -m pgemma.train search --out runs/tiny --base tiny     # the same on Recipe.tiny()
 
 Each variant of `VARIANTS` is the base recipe with one change. `search` trains each in a run
@@ -17,8 +18,10 @@ pgemma/assets/recipe_search.json, is `SEARCH_COMMAND`'s output (the shipped base
 
 import argparse
 import json
+import multiprocessing
 import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -127,6 +130,13 @@ def probe_tower(recipe: Recipe, folder: Path, cfg: ProbeConfig = ProbeConfig()) 
 # The search
 
 
+def train_variant(index: int, base: Recipe, out: Path, eval_scenes: int, curve_scenes: int, threads: int) -> None:
+    """Train `VARIANTS[index]` of `base` in its run folder, in a process of its own."""
+    torch.set_num_threads(threads)
+    variant = VARIANTS[index]
+    run(variant.change(base), out / variant.folder, eval_scenes, curve_scenes)
+
+
 def search(
     out: Path,
     record: Path,
@@ -134,14 +144,30 @@ def search(
     eval_scenes: int = 300,
     probe: ProbeConfig = ProbeConfig(),
     curve_scenes: int = 100,
+    jobs: int = 1,
 ) -> dict:
     """Train every variant of `base` (default `Recipe.shipped()`) in `out`/its folder, probe its
-    tower, and write the curves, final evaluations and probes of all of them to `record`."""
+    tower, and write the curves, final evaluations and probes of all of them to `record`.
+
+    With `jobs` > 1 the runs train `jobs` at a time, each in a process of its own with an equal
+    share of this process's threads; then each is evaluated again here, and probed.
+    """
     base = Recipe.shipped() if base is None else base
+    if jobs > 1:
+        threads = max(1, torch.get_num_threads() // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            args = (base, out, eval_scenes, curve_scenes, threads)
+            futures = [pool.submit(train_variant, index, *args) for index in range(len(VARIANTS))]
+            try:
+                for future in futures:
+                    future.result()  # a run's error, raised here
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # the runs under way end; the waiting ones never start
+                raise
     runs = []
     for variant in VARIANTS:
         recipe, folder = variant.change(base), out / variant.folder
-        run(recipe, folder, eval_scenes, curve_scenes)
+        run(recipe, folder, eval_scenes, curve_scenes)  # trains it, or evaluates a finished run again
         curves = json.loads((folder / CURVES_FILE).read_text())
         runs.append({"name": variant.name, "description": variant.description, **curves})
         runs[-1]["probe"] = probe_tower(recipe, folder, probe)
@@ -179,15 +205,18 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--base", choices=sorted(BASES), default="shipped", help="the recipe the variants change")
     parser.add_argument("--eval-scenes", type=int, default=300, help="held-out scenes for each final evaluation")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in a process of its own")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
     if os.environ.get("WORLD_SIZE", "1") != "1":
         parser.error("the search runs in one process: start it with python, not torchrun")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.threads:
         torch.set_num_threads(args.threads)
     record = args.record or args.out / RECORD_NAME
     try:
-        result = search(args.out, record, BASES[args.base](), args.eval_scenes)
+        result = search(args.out, record, BASES[args.base](), args.eval_scenes, jobs=args.jobs)
     except (RunFolderError, DamagedCheckpointError) as error:
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     print(search_table(result))
