@@ -150,10 +150,13 @@ def search(
     tower, and write the curves, final evaluations and probes of all of them to `record`.
 
     With `jobs` > 1 the runs train `jobs` at a time, each in a process of its own with an equal
-    share of this process's threads; then each is evaluated again here, and probed.
+    share of this process's threads; the probes run here, once every run has ended.
     """
     base = Recipe.shipped() if base is None else base
-    if jobs > 1:
+    if jobs == 1:
+        for variant in VARIANTS:  # trains each, or evaluates a finished run again
+            run(variant.change(base), out / variant.folder, eval_scenes, curve_scenes)
+    else:
         threads = max(1, torch.get_num_threads() // jobs)
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             args = (base, out, eval_scenes, curve_scenes, threads)
@@ -167,7 +170,6 @@ def search(
     runs = []
     for variant in VARIANTS:
         recipe, folder = variant.change(base), out / variant.folder
-        run(recipe, folder, eval_scenes, curve_scenes)  # trains it, or evaluates a finished run again
         curves = json.loads((folder / CURVES_FILE).read_text())
         runs.append({"name": variant.name, "description": variant.description, **curves})
         runs[-1]["probe"] = probe_tower(recipe, folder, probe)
